@@ -1,0 +1,12 @@
+"""Shared core of the deep-feature IQA reproductions: backbones and weights, image I/O,
+input validation, and the metric interface and registry."""
+
+from iqa_core.io import ImageReadError, load_image, load_map
+from iqa_core.metric import FeatureMetric, Metric, create_metric, list_metrics, metric_info, register_metric
+from iqa_core.validation import IQAInputError
+from iqa_core.weights import WeightsNotFoundError, resolve_weights
+
+__all__ = ["load_image", "load_map", "ImageReadError", "IQAInputError", "Metric", "FeatureMetric",
+           "create_metric", "list_metrics", "metric_info", "register_metric", "resolve_weights",
+           "WeightsNotFoundError"]
+__version__ = "0.1.0"

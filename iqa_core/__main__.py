@@ -1,0 +1,5 @@
+import sys
+
+from iqa_core.cli import main
+
+sys.exit(main())

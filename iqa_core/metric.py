@@ -1,0 +1,146 @@
+"""The one metric interface and the registry every experiment iterates over.
+
+A metric is an ``nn.Module`` called as ``metric(dist, ref)`` on float RGB tensors in
+[0, 1] of shape (B, 3, H, W); it returns B scores, one per image. ``ref`` may hold one
+image for the whole batch. Class attributes declare the direction of the score, the
+paper it comes from and whether dist and ref must have the same size.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from iqa_core.validation import check_pair
+
+__all__ = ["Metric", "FeatureMetric", "MetricInfo", "register_metric", "create_metric", "list_metrics",
+           "metric_info"]
+
+#: Paper packages that register metrics when imported (they depend on iqa_core, not the reverse,
+#: so the registry imports them by name on first use).
+METRIC_PACKAGES = ("deepssim", "distribution_measures", "zs_iqa")
+
+
+class Metric(nn.Module):
+    """Base class: validation, device placement and metadata; subclasses implement :meth:`score`."""
+
+    name: ClassVar[str] = ""
+    higher_is_better: ClassVar[bool] = True
+    paper: ClassVar[str] = ""
+    requires_same_size: ClassVar[bool] = False
+    #: Smallest image side the metric accepts (set from the deepest backbone tap).
+    min_size: int = 1
+
+    def forward(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        dist, ref = self.prepare_pair(dist, ref)
+        return self.score(dist, ref, **kwargs)
+
+    def score(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Per-image training loss (lower is better), differentiable w.r.t. ``dist``."""
+        raise NotImplementedError(f"{self.name or type(self).__name__} has no loss form")
+
+    @property
+    def device(self) -> torch.device:
+        for tensor in list(self.parameters()) + list(self.buffers()):
+            return tensor.device
+        return torch.device("cpu")
+
+    def prepare_pair(self, dist: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Validate the pair and move it to the metric's device (gradients flow through the move)."""
+        dist, ref = check_pair(dist, ref, min_size=self.min_size, same_size=self.requires_same_size)
+        return dist.to(self.device), ref.to(self.device)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, higher_is_better={self.higher_is_better}"
+
+
+class FeatureMetric(Metric):
+    """A metric that compares one representation per image.
+
+    The reference's representation can be computed once with :meth:`reference_features`
+    and reused for many distorted images with :meth:`score_against`.
+    """
+
+    def features(self, x: torch.Tensor, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def compare(self, dist_features: Any, ref_features: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return self.compare(self.features(dist), self.features(ref))
+
+    def reference_features(self, ref: torch.Tensor, **kwargs: Any) -> Any:
+        ref, _ = self.prepare_pair(ref, ref)
+        with torch.no_grad():
+            return self.features(ref, **kwargs)
+
+    def score_against(self, dist: torch.Tensor, ref_features: Any, **kwargs: Any) -> torch.Tensor:
+        dist, _ = self.prepare_pair(dist, dist)
+        return self.compare(self.features(dist, **kwargs), ref_features)
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    name: str
+    factory: Callable[..., Metric]
+    higher_is_better: bool
+    paper: str
+    requires_same_size: bool
+    description: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, MetricInfo] = {}
+_plugins_loaded = False
+
+
+def register_metric(name: str, description: str = "", **defaults: Any) -> Callable[[type], type]:
+    """Class decorator: register ``cls`` under ``name``; ``defaults`` are constructor arguments."""
+
+    def decorate(cls: type) -> type:
+        if name in _REGISTRY and _REGISTRY[name].factory is not cls:
+            raise ValueError(f"metric name {name!r} is registered twice")
+        doc = description or (cls.__doc__ or "").strip().splitlines()[0]
+        _REGISTRY[name] = MetricInfo(name, cls, cls.higher_is_better, cls.paper, cls.requires_same_size,
+                                     doc, dict(defaults))
+        return cls
+
+    return decorate
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    if not _plugins_loaded:
+        for package in METRIC_PACKAGES:
+            importlib.import_module(package)
+        _plugins_loaded = True
+
+
+def list_metrics() -> list[str]:
+    """Names of every registered metric, sorted."""
+    _load_plugins()
+    return sorted(_REGISTRY)
+
+
+def metric_info(name: str) -> MetricInfo:
+    _load_plugins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown metric {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
+
+
+def create_metric(name: str, **kwargs: Any) -> Metric:
+    """Build a registered metric, e.g. ``create_metric("deepssim", weights="vgg16.pth")``."""
+    info = metric_info(name)
+    metric = info.factory(**{**info.defaults, **kwargs})
+    return metric
