@@ -1,0 +1,167 @@
+"""Speed and memory of the metrics: time per pair, the backbone's share, peak memory, and scoring many
+distorted images against one reference whose features are computed once (one at a time, and as one batch).
+
+    python experiments/benchmark.py                       # DeepSSIM family at 512x384 on the CPU
+    python experiments/benchmark.py --device cuda --metrics deepssim --repeats 20
+    python experiments/benchmark.py --quick               # tiny run for the tests
+
+Figures are printed and written to results/benchmark/benchmark_<device>.{csv,md}. No test asserts a
+time: read the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from iqa_core import FeatureMetric, create_metric  # noqa: E402
+from iqa_core.weights import WeightsNotFoundError  # noqa: E402
+
+DEFAULT_METRICS = ["deepssim", "deepssim-lite"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn`` in milliseconds."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def _reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        try:  # Linux: writing 5 resets the peak resident set size (VmHWM) of this process
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            pass
+
+
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak GPU allocation, or the process's peak resident memory on the CPU, in MiB."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def benchmark_metric(name: str, size: tuple[int, int], device: torch.device, repeats: int,
+                     n_dist: int) -> dict[str, object]:
+    metric = create_metric(name).to(device).eval()
+    h, w = size
+    gen = torch.Generator().manual_seed(0)
+    ref = torch.rand(1, 3, h, w, generator=gen).to(device)
+    dist = (ref + 0.05 * torch.randn(1, 3, h, w, generator=gen).to(device)).clamp(0, 1)
+    dists = (ref + 0.05 * torch.randn(n_dist, 3, h, w, generator=gen).to(device)).clamp(0, 1)
+    row: dict[str, object] = {"metric": name, "device": str(device), "size": f"{w}x{h}"}
+    with torch.no_grad():
+        _reset_peak_memory(device)
+        row["pair_ms"] = time_call(lambda: metric(dist, ref), device, repeats)
+        row["peak_mib"] = round(peak_memory_mib(device), 1)
+        if hasattr(metric, "feature_map"):
+            # The backbone alone, for both images of the pair: what any implementation must spend.
+            row["backbone_ms"] = time_call(lambda: (metric.feature_map(dist), metric.feature_map(ref)), device,
+                                           repeats)
+        if hasattr(metric, "compare_feature_maps"):
+            # Everything after the backbone, timed on its own (the difference of two noisy
+            # timings would be noise): the metric's overhead as a share of a pair's time.
+            maps = metric.feature_map(dist), metric.feature_map(ref)
+            row["after_backbone_ms"] = time_call(lambda: metric.compare_feature_maps(*maps), device, repeats)
+            row["overhead_pct"] = 100.0 * row["after_backbone_ms"] / row["pair_ms"]
+        if isinstance(metric, FeatureMetric):
+            def one_ref_many_dists() -> None:
+                feats = metric.reference_features(ref)
+                for i in range(n_dist):
+                    metric.score_against(dists[i:i + 1], feats)
+
+            total = time_call(one_ref_many_dists, device, max(1, repeats // 2))
+            row[f"one_ref_{n_dist}_dists_ms"] = total
+            row["per_dist_ms"] = total / n_dist
+            feats = metric.reference_features(ref)
+            batched = time_call(lambda: metric.score_against(dists, feats), device, max(1, repeats // 2))
+            row["batched_per_dist_ms"] = batched / n_dist
+    return row
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="comma-separated registry names")
+    parser.add_argument("--size", default="512x384", help="WIDTHxHEIGHT of the synthetic pair")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--n-dist", type=int, default=8, help="distorted images scored against one reference")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--out", default=str(ROOT / "results" / "benchmark"))
+    parser.add_argument("--quick", action="store_true", help="64x64, 2 repeats, 2 distorted images")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.size, args.repeats, args.n_dist = "64x64", 2, 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
+    print(f"# {where}, {torch.get_num_threads()} CPU threads, torch {torch.__version__}, {w}x{h}, "
+          f"median of {args.repeats}")
+
+    rows = []
+    for name in [m for m in args.metrics.split(",") if m]:
+        try:
+            rows.append(benchmark_metric(name, (h, w), device, args.repeats, args.n_dist))
+        except WeightsNotFoundError as err:
+            print(f"skipped {name}: {str(err).splitlines()[0]}")
+            continue
+        print("  ".join(f"{k}={_fmt(v)}" for k, v in rows[-1].items()))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    stem = out / f"benchmark_{device.type}{'_quick' if args.quick else ''}"
+    with open(f"{stem}.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(f"{stem}.md", "w") as fh:
+        fh.write(f"Device: {where}; torch {torch.__version__}; {w}x{h}; median of {args.repeats} runs.\n\n")
+        fh.write("| " + " | ".join(fields) + " |\n|" + "---|" * len(fields) + "\n")
+        for row in rows:
+            fh.write("| " + " | ".join(_fmt(row.get(k, "")) for k in fields) + " |\n")
+    print(f"wrote {stem}.csv and {stem}.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
