@@ -1,0 +1,34 @@
+"""Notebooks are executed, so they cannot rot; their printed numbers are checked too."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
+
+def run_notebook(name: str) -> nbformat.NotebookNode:
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}).execute()
+    return nb
+
+
+def last_stdout(nb: nbformat.NotebookNode) -> str:
+    cell = [c for c in nb.cells if c.cell_type == "code"][-1]
+    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+
+
+def test_deepssim_notebook(reference_values):
+    nb = run_notebook("deepssim.ipynb")
+    scores = json.loads(last_stdout(nb))
+    for pair, expected in reference_values["deepssim"]["pairs"].items():
+        for key in ("deepssim", "deepssim_lite_loss", "deepssim_with_saliency"):
+            if key in expected:
+                assert scores[pair][key] == pytest.approx(expected[key], rel=1e-4), (pair, key)
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 2  # the similarity-map figure and the saliency figure
