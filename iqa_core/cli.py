@@ -81,14 +81,25 @@ def cmd_score(args: argparse.Namespace) -> int:
     metric = _build_metric(args)
     with torch.no_grad():
         value = float(metric(dist, ref, **saliency)[0])
+        loss = _loss_or_none(metric, dist, ref, saliency) if args.json else None
     result = {"metric": args.metric, "score": value, "higher_is_better": metric.higher_is_better,
               "ref": args.ref, "dist": args.dist, "device": str(metric.device)}
+    if loss is not None:
+        result["loss"] = loss
     if args.json:
         print(json.dumps(result))
     else:
         direction = "higher is better" if metric.higher_is_better else "lower is better"
         print(f"{args.metric}: {value:.6f} ({direction})")
     return 0
+
+
+def _loss_or_none(metric: Metric, dist: torch.Tensor, ref: torch.Tensor, kwargs: dict) -> float | None:
+    """The metric's training-loss value for the pair, where it has a loss form."""
+    try:
+        return float(metric.loss(dist, ref, **kwargs)[0])
+    except NotImplementedError:
+        return None
 
 
 def _done_keys(out: Path, metric: str) -> set[tuple[str, str]]:

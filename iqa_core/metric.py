@@ -43,6 +43,11 @@ class Metric(nn.Module):
     def score(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         raise NotImplementedError
 
+    def train(self, mode: bool = True) -> Metric:
+        """Metrics stay in eval mode: their backbones' BatchNorm must use running statistics and
+        stochastic depth must stay off, also when a metric is part of a model being trained."""
+        return super().train(False)
+
     def loss(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """Per-image training loss (lower is better), differentiable w.r.t. ``dist``."""
         raise NotImplementedError(f"{self.name or type(self).__name__} has no loss form")

