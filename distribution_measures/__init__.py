@@ -1,4 +1,16 @@
-"""Deep distribution measures (DeepWSD / DeepJSD / DeepSKLD, Liao et al., IEEE TIP 2024).
+"""Deep distribution measures (DeepWSD / DeepJSD / DeepSKLD, Liao et al., IEEE TIP 2024)."""
 
-Not implemented yet: this package registers no metric until its issue lands.
-"""
+from distribution_measures.distances import (
+    columns,
+    fit_to_window,
+    js_divergence,
+    l2_weight,
+    symmetric_kl,
+    wasserstein_grid,
+    wasserstein_grid_reference,
+)
+from distribution_measures.measures import VARIANTS, DistributionMeasure, Variant, downsample, downsample_factor
+
+__all__ = ["DistributionMeasure", "Variant", "VARIANTS", "downsample", "downsample_factor", "columns",
+           "fit_to_window", "wasserstein_grid", "wasserstein_grid_reference", "js_divergence", "symmetric_kl",
+           "l2_weight"]
