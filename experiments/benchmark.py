@@ -27,9 +27,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from iqa_core import FeatureMetric, create_metric  # noqa: E402
+from iqa_core.validation import IQAInputError  # noqa: E402
 from iqa_core.weights import WeightsNotFoundError  # noqa: E402
 
-DEFAULT_METRICS = ["deepssim", "deepssim-lite"]
+DEFAULT_METRICS = ["deepssim", "deepssim-lite", *(f"deep{m}-{b}" for b in ("vgg", "squeeze", "mobilenet",
+                                                                             "efficientnet", "vgg16", "alexnet")
+                                                   for m in ("wsd", "jsd", "skld"))]
+
+
+QUICK_METRICS = ["deepssim", "deepssim-lite", "deepwsd-vgg", "deepjsd-squeeze"]
 
 
 def _sync(device: torch.device) -> None:
@@ -74,15 +80,27 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def build_metric(name: str, random_fallback: bool) -> tuple[torch.nn.Module, str]:
+    """The metric with resolved weights or, where none resolve and it is allowed, random weights
+    (the time of a forward pass does not depend on the weights' values)."""
+    try:
+        return create_metric(name), "pretrained"
+    except WeightsNotFoundError:
+        if not random_fallback:
+            raise
+        return create_metric(name, weights="random"), "random"
+
+
 def benchmark_metric(name: str, size: tuple[int, int], device: torch.device, repeats: int,
-                     n_dist: int) -> dict[str, object]:
-    metric = create_metric(name).to(device).eval()
+                     n_dist: int, random_fallback: bool = True, pot_reference: bool = True) -> dict[str, object]:
+    metric, weights = build_metric(name, random_fallback)
+    metric = metric.to(device).eval()
     h, w = size
     gen = torch.Generator().manual_seed(0)
     ref = torch.rand(1, 3, h, w, generator=gen).to(device)
     dist = (ref + 0.05 * torch.randn(1, 3, h, w, generator=gen).to(device)).clamp(0, 1)
     dists = (ref + 0.05 * torch.randn(n_dist, 3, h, w, generator=gen).to(device)).clamp(0, 1)
-    row: dict[str, object] = {"metric": name, "device": str(device), "size": f"{w}x{h}"}
+    row: dict[str, object] = {"metric": name, "weights": weights, "device": str(device), "size": f"{w}x{h}"}
     with torch.no_grad():
         _reset_peak_memory(device)
         row["pair_ms"] = time_call(lambda: metric(dist, ref), device, repeats)
@@ -95,8 +113,17 @@ def benchmark_metric(name: str, size: tuple[int, int], device: torch.device, rep
             # Everything after the backbone, timed on its own (the difference of two noisy
             # timings would be noise): the metric's overhead as a share of a pair's time.
             maps = metric.feature_map(dist), metric.feature_map(ref)
+            fast = getattr(metric, "wasserstein", None)
             row["after_backbone_ms"] = time_call(lambda: metric.compare_feature_maps(*maps), device, repeats)
             row["overhead_pct"] = 100.0 * row["after_backbone_ms"] / row["pair_ms"]
+            if getattr(metric, "variant", None) is not None and metric.variant.measure == "wsd" and pot_reference:
+                # The same distances through POT's wasserstein_1d, as the official code computes them.
+                from distribution_measures.distances import wasserstein_grid_pot
+
+                metric.wasserstein = wasserstein_grid_pot
+                row["after_backbone_pot_ms"] = time_call(lambda: metric.compare_feature_maps(*maps), device,
+                                                         max(1, repeats // 2))
+                metric.wasserstein = fast
         if isinstance(metric, FeatureMetric):
             def one_ref_many_dists() -> None:
                 feats = metric.reference_features(ref)
@@ -125,10 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-dist", type=int, default=8, help="distorted images scored against one reference")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", default=str(ROOT / "results" / "benchmark"))
-    parser.add_argument("--quick", action="store_true", help="64x64, 2 repeats, 2 distorted images")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"160x160, 2 repeats, 2 distorted images, metrics {','.join(QUICK_METRICS)} unless given")
+    parser.add_argument("--no-pot", action="store_true", help="do not time the POT reference path of DeepWSD")
+    parser.add_argument("--no-random-weights", action="store_true",
+                        help="skip metrics whose weights do not resolve instead of timing them with random weights")
     args = parser.parse_args(argv)
     if args.quick:
-        args.size, args.repeats, args.n_dist = "64x64", 2, 2
+        args.size, args.repeats, args.n_dist = "160x160", 2, 2
+        if args.metrics == parser.get_default("metrics"):
+            args.metrics = ",".join(QUICK_METRICS)
     if args.threads:
         torch.set_num_threads(args.threads)
     w, h = (int(v) for v in args.size.lower().split("x"))
@@ -140,8 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for name in [m for m in args.metrics.split(",") if m]:
         try:
-            rows.append(benchmark_metric(name, (h, w), device, args.repeats, args.n_dist))
-        except WeightsNotFoundError as err:
+            rows.append(benchmark_metric(name, (h, w), device, args.repeats, args.n_dist,
+                                         random_fallback=not args.no_random_weights,
+                                         pot_reference=not args.no_pot and device.type == "cpu"))
+        except (WeightsNotFoundError, IQAInputError) as err:
             print(f"skipped {name}: {str(err).splitlines()[0]}")
             continue
         print("  ".join(f"{k}={_fmt(v)}" for k, v in rows[-1].items()))

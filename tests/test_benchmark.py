@@ -16,9 +16,11 @@ def test_benchmark_quick(tmp_path):
     assert "overhead_pct=" in proc.stdout
     with open(tmp_path / "benchmark_cpu_quick.csv", newline="") as fh:
         rows = {row["metric"]: row for row in csv.DictReader(fh)}
-    assert set(rows) == {"deepssim", "deepssim-lite"}
+    assert set(rows) == {"deepssim", "deepssim-lite", "deepwsd-vgg", "deepjsd-squeeze"}
     for row in rows.values():
         for key in ("pair_ms", "backbone_ms", "after_backbone_ms", "per_dist_ms", "batched_per_dist_ms", "peak_mib"):
             assert float(row[key]) > 0, (key, row)
         assert 0 < float(row["overhead_pct"]) < 100
-    assert (tmp_path / "benchmark_cpu_quick.md").read_text().count("| deepssim") == 2
+    assert rows["deepssim"]["weights"] == "pretrained"
+    assert rows["deepwsd-vgg"]["weights"] in ("pretrained", "random")  # VGG19 weights exist only where a user has them
+    assert (tmp_path / "benchmark_cpu_quick.md").read_text().count("| deep") == 4
