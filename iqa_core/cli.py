@@ -160,8 +160,9 @@ def cmd_list(args: argparse.Namespace) -> int:
                            "requires_same_size": i.requires_same_size, "description": i.description}
                           for i in infos]))
     else:
+        width = max(len(i.name) for i in infos)
         for i in infos:
-            print(f"{i.name:16s} {'higher' if i.higher_is_better else 'lower '} is better  {i.description}")
+            print(f"{i.name:{width}s}  {'higher' if i.higher_is_better else 'lower '} is better  {i.description}")
     return 0
 
 
