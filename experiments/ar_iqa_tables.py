@@ -1,0 +1,238 @@
+"""Aligned-reference IQA tables: score every pair of a rated dataset with each metric, then SRCC / KRCC /
+PLCC (raw and after the 5-parameter logistic fit) / RMSE against the subjective scores, beside the values
+published by the papers' authors where they exist.
+
+    python experiments/ar_iqa_tables.py --dataset tid2013 --metrics deepssim,deepwsd-vgg16,lpips-vgg
+    python experiments/ar_iqa_tables.py --dataset live,csiq --metrics all --device cuda
+    python experiments/ar_iqa_tables.py --dataset kadid10k --root /data/kadid10k --metrics deepssim
+
+Datasets are read from their official layouts under data/<name>/ (or --root); a missing dataset gets a
+message that says where to put it. Per-image predictions are appended to results/ar_iqa/<dataset>_predictions.csv
+as they are computed; a rerun skips every (metric, image) already there, so an interrupted run resumes.
+The reference's features are computed once per reference image. Outputs in results/ar_iqa/:
+<dataset>_predictions.csv, table.csv / table.md / table.tex, and <dataset>_<metric>_scatter.png with the
+fitted logistic curve (the predictions CSV is the data behind each scatter plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from iqa_core import FeatureMetric, WeightsNotFoundError, create_metric, list_metrics, load_image  # noqa: E402
+from iqa_core.datasets import DatasetNotFoundError, load_dataset  # noqa: E402
+from iqa_core.stats import correlations, logistic5  # noqa: E402
+
+PUBLISHED = ROOT / "data" / "published" / "published_correlations.csv"
+QUICK_METRICS = ["psnr", "ssim", "deepssim"]
+STAT_KEYS = ["srcc", "krcc", "plcc", "plcc_logistic", "rmse"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", required=True, help="dataset name(s), comma-separated (e.g. live,csiq,tid2013)")
+    p.add_argument("--metrics", default="all", help="registry names, comma-separated, or 'all' (those whose "
+                   "weights resolve)")
+    p.add_argument("--root", help="dataset root (one dataset only; default data/<name>)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--limit", type=int, help="score only the first N pairs of each dataset")
+    p.add_argument("--out", default=str(ROOT / "results" / "ar_iqa"))
+    p.add_argument("--quick", action="store_true", help=f"metrics {','.join(QUICK_METRICS)}, first 40 pairs")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.limit = args.limit or 40
+        if args.metrics == "all":
+            args.metrics = ",".join(QUICK_METRICS)
+    return args
+
+
+def build_metrics(names: str, device: str) -> dict[str, torch.nn.Module]:
+    """Every requested metric that can be built here; the others are listed with the reason."""
+    wanted = list_metrics() if names == "all" else [n.strip() for n in names.split(",") if n.strip()]
+    metrics = {}
+    for name in wanted:
+        try:
+            metrics[name] = create_metric(name).to(device).eval()
+        except WeightsNotFoundError as err:
+            print(f"skipped {name}: {str(err).splitlines()[0]}", file=sys.stderr)
+    if not metrics:
+        raise SystemExit("error: no metric could be built (see the lines above)")
+    return metrics
+
+
+def read_done(path: Path) -> set[tuple[str, str]]:
+    """(metric, image) pairs already scored; a line cut short by an interruption does not count."""
+    if not path.is_file():
+        return set()
+    with path.open(newline="") as fh:
+        return {(row["metric"], row["dist"]) for row in csv.DictReader(fh) if _is_number(row.get("score"))}
+
+
+def _is_number(text: str | None) -> bool:
+    try:
+        return np.isfinite(float(text))
+    except (TypeError, ValueError):
+        return False
+
+
+def _end_with_newline(path: Path) -> None:
+    """After a kill mid-line, start the next row on a line of its own."""
+    if path.is_file() and path.stat().st_size:
+        with path.open("rb+") as fh:
+            fh.seek(-1, 2)
+            if fh.read(1) != b"\n":
+                fh.write(b"\n")
+
+
+def score_dataset(dataset, records: list, metrics: dict, predictions: Path) -> None:
+    """Append one row per (metric, pair) not yet in ``predictions``; references are encoded once."""
+    done = read_done(predictions)
+    todo = [(name, rec) for name in metrics for rec in records if (name, rec.key) not in done]
+    print(f"{dataset.name}: {len(records)} pairs x {len(metrics)} metrics, {len(todo)} predictions to compute "
+          f"({len(records) * len(metrics) - len(todo)} cached in {predictions})")
+    if not todo:
+        return
+    by_metric_ref: dict[tuple[str, Path], list] = defaultdict(list)
+    for name, rec in todo:
+        by_metric_ref[(name, rec.ref)].append(rec)
+    new_file = not predictions.is_file()
+    _end_with_newline(predictions)
+    with predictions.open("a", newline="") as fh, tqdm(total=len(todo), desc=dataset.name, unit="pred") as bar:
+        writer = csv.writer(fh)
+        if new_file:
+            writer.writerow(["metric", "dist", "ref", "score"])
+        for (name, ref_path), recs in by_metric_ref.items():
+            metric = metrics[name]
+            ref = load_image(ref_path).to(metric.device)
+            with torch.no_grad():
+                cached = metric.reference_features(ref) if isinstance(metric, FeatureMetric) else None
+                for rec in recs:
+                    dist = load_image(rec.dist).to(metric.device)
+                    value = metric.score_against(dist, cached) if cached is not None else metric(dist, ref)
+                    writer.writerow([name, rec.key, _relative(dataset, rec.ref), repr(float(value[0]))])
+                    fh.flush()
+                    bar.update()
+
+
+def _relative(dataset, path: Path) -> str:
+    """A path relative to the dataset root."""
+    try:
+        return Path(path).relative_to(dataset.root).as_posix()
+    except ValueError:
+        return Path(path).as_posix()
+
+
+def published_values() -> pd.DataFrame:
+    if not PUBLISHED.is_file():
+        return pd.DataFrame()
+    table = pd.read_csv(PUBLISHED)
+    return table[table["subset"].isin(["all", "distorted_779"])]
+
+
+def published_row(published: pd.DataFrame, dataset_name: str, metric: str) -> dict | None:
+    """The authors' correlations for (dataset, metric), when they published predictions for it."""
+    if published.empty:
+        return None
+    method = metric.replace("-", "_")
+    rows = published[(published["dataset"] == dataset_name) & (published["method"] == method)
+                     & (published["table"] == "deepwsd_tip2024")]
+    return rows.iloc[0].to_dict() if len(rows) else None
+
+
+def summarise(dataset, records: list, metrics: dict, predictions: Path, published: pd.DataFrame,
+              out: Path) -> list[dict]:
+    preds = pd.read_csv(predictions, on_bad_lines="skip")
+    preds = preds[pd.to_numeric(preds["score"], errors="coerce").notna()].astype({"score": float})
+    mos = {r.key: r.score for r in records}
+    rows = []
+    for name, metric in metrics.items():
+        sub = preds[(preds["metric"] == name) & preds["dist"].isin(mos)].drop_duplicates("dist", keep="last")
+        if len(sub) < 3:
+            continue
+        x, y = sub["score"].to_numpy(float), sub["dist"].map(mos).to_numpy(float)
+        stats = correlations(x, y)
+        # Report magnitudes with the sign that means "agrees with humans" (metric and label directions).
+        sign = 1.0 if metric.higher_is_better == dataset.score_higher_is_better else -1.0
+        row = {"dataset": dataset.name, "metric": name, "n": len(sub), "fit_ok": stats["fit_ok"],
+               **{k: sign * stats[k] if k != "rmse" else stats[k] for k in STAT_KEYS}}
+        pub = published_row(published, dataset.name, name)
+        if pub is not None:  # the authors' metrics all correlate in the expected direction: magnitudes compare
+            row.update({"published_srcc": abs(pub["srcc"]), "published_plcc_logistic": abs(pub["plcc_logistic5"]),
+                        "published_n": int(pub["n"])})
+        rows.append(row)
+        scatter(out / f"{dataset.name}_{name}_scatter.png", x, y, stats, name, dataset)
+    return rows
+
+
+def scatter(path: Path, x: np.ndarray, y: np.ndarray, stats: dict, name: str, dataset) -> None:
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    ax.scatter(x, y, s=6, alpha=0.5)
+    if stats["fit_ok"]:
+        grid = np.linspace(x.min(), x.max(), 200)
+        ax.plot(grid, logistic5(grid, *stats["logistic_params"]), color="C3", label="5-parameter logistic")
+        ax.legend(fontsize=7)
+    ax.set_xlabel(name)
+    ax.set_ylabel("MOS" if dataset.score_higher_is_better else "DMOS")
+    ax.set_title(f"{dataset.name}: SRCC {stats['srcc']:.3f}, PLCC {stats['plcc_logistic']:.3f}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_tables(rows: list[dict], out: Path) -> None:
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "table.csv", index=False, float_format="%.6f")
+    shown = table.drop(columns=[c for c in ("fit_ok",) if c in table]).round(4)
+    (out / "table.md").write_text(_markdown(shown))
+    (out / "table.tex").write_text(shown.to_latex(index=False, float_format="%.4f"))
+
+
+def _markdown(frame: pd.DataFrame) -> str:
+    head = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
+    body = "".join("| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |\n"
+                   for row in frame.itertuples(index=False))
+    return head + body
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = [n.strip() for n in args.dataset.split(",") if n.strip()]
+    if args.root and len(names) > 1:
+        raise SystemExit("error: --root goes with a single --dataset")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        datasets = [load_dataset(name, root=args.root) for name in names]
+    except DatasetNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    metrics = build_metrics(args.metrics, args.device)
+    published = published_values()
+    rows = []
+    for dataset in datasets:
+        records = list(dataset)[: args.limit] if args.limit else list(dataset)
+        predictions = out / f"{dataset.name}_predictions.csv"
+        score_dataset(dataset, records, metrics, predictions)
+        rows += summarise(dataset, records, metrics, predictions, published, out)
+    write_tables(rows, out)
+    print((out / "table.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
