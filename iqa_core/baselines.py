@@ -636,3 +636,74 @@ class DISTS(FeatureMetric):
     def loss(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return self(dist, ref)
 
+
+
+# --------------------------------------------------------------------------------------------------
+# FSIM, GMSD, VIF, VSI: piq's implementations (piq==0.8.0), which piq's own tests compare with the
+# authors' MATLAB code on the TID2013 pair I01 / i01_01_5 (tests/test_{fsim,gmsd,vif,vsi}.py @ 9948a52).
+# --------------------------------------------------------------------------------------------------
+
+class _PiqMetric(Metric):
+    """A classical metric computed by piq (data range 1, one value per image)."""
+
+    requires_same_size = True
+    piq_function: str = ""
+    piq_kwargs: dict[str, Any] = {}
+
+    def __init__(self, weights: WeightsSource = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        if weights is not None:
+            raise ValueError(f"{self.name} has no backbone; weights= must be None, got {weights!r}")
+        self.compute_dtype = dtype
+
+    def score(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        import piq
+
+        if self.compute_dtype is not None:
+            dist, ref = dist.to(self.compute_dtype), ref.to(self.compute_dtype)
+        return getattr(piq, self.piq_function)(dist, ref, data_range=1.0, reduction="none", **self.piq_kwargs)
+
+    def loss(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        value = self(dist, ref)
+        return 1 - value if self.higher_is_better else value
+
+
+@register_metric("fsim", description="FSIM (Zhang et al. 2011) on luminance, piq's implementation")
+class FSIM(_PiqMetric):
+    """Feature similarity index on luminance. Higher is better, 1 = identical."""
+
+    name, higher_is_better, piq_function = "fsim", True, "fsim"
+    paper = "L. Zhang, L. Zhang, X. Mou, D. Zhang, FSIM, IEEE TIP 20(8), 2011"
+    piq_kwargs = {"chromatic": False}
+
+
+@register_metric("fsimc", description="FSIMc (Zhang et al. 2011) with chromatic information, piq's implementation")
+class FSIMc(FSIM):
+    """Feature similarity index with the chromatic term. Higher is better, 1 = identical."""
+
+    name = "fsimc"
+    piq_kwargs = {"chromatic": True}
+
+
+@register_metric("gmsd", description="GMSD (Xue et al. 2014), piq's implementation")
+class GMSD(_PiqMetric):
+    """Gradient magnitude similarity deviation. Lower is better, 0 = identical."""
+
+    name, higher_is_better, piq_function = "gmsd", False, "gmsd"
+    paper = "W. Xue, L. Zhang, X. Mou, A.C. Bovik, GMSD, IEEE TIP 23(2), 2014"
+
+
+@register_metric("vif", description="VIFp, pixel-domain visual information fidelity (Sheikh & Bovik 2006), piq's")
+class VIF(_PiqMetric):
+    """Pixel-domain VIF (dist, ref order matters: ``ref`` is the reference). Higher is better."""
+
+    name, higher_is_better, piq_function = "vif", True, "vif_p"
+    paper = "H.R. Sheikh, A.C. Bovik, Image information and visual quality, IEEE TIP 15(2), 2006"
+
+
+@register_metric("vsi", description="VSI (Zhang et al. 2014), piq's implementation")
+class VSI(_PiqMetric):
+    """Visual saliency-induced index. Higher is better, 1 = identical."""
+
+    name, higher_is_better, piq_function = "vsi", True, "vsi"
+    paper = "L. Zhang, Y. Shen, H. Li, VSI, IEEE TIP 23(10), 2014"

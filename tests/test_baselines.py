@@ -311,3 +311,28 @@ def test_bad_options_raise():
         create_metric("psnr", weights="vgg16.pth")
     with pytest.raises(ValueError, match="net"):
         B.LPIPS(net="squeeze")
+
+
+# The authors' MATLAB values on the TID2013 pair, as recorded in piq's tests (piq @ 9948a52,
+# tests/test_fsim.py, test_gmsd.py, test_vif.py, test_vsi.py), and the tolerance piq asserts them with.
+MATLAB_TID_PAIR = {"fsim": (0.93674, 1e-5), "fsimc": (0.92587, 1e-4), "gmsd": (0.094124655829098, 1e-5),
+                   "vif": (0.3147, 1e-4), "vsi": (0.96405, 1e-5)}
+
+
+@pytest.mark.parametrize("name", sorted(MATLAB_TID_PAIR))
+def test_classical_metrics_match_matlab_values(name, shared_data):
+    import iqa_core.baselines  # noqa: F401  (registers the metrics)
+    from iqa_core import create_metric, load_image
+
+    expected, tol = MATLAB_TID_PAIR[name]
+    ref = load_image(shared_data / "tid2013_piq_pair" / "I01.BMP")
+    dist = load_image(shared_data / "tid2013_piq_pair" / "i01_01_5.bmp")
+    metric = create_metric(name)
+    with torch.no_grad():
+        value = metric(dist, ref)
+    assert value.shape == (1,)
+    assert value.item() == pytest.approx(expected, abs=tol, rel=1e-5)
+    batch = metric(torch.cat([dist, ref]), torch.cat([ref, ref]))
+    torch.testing.assert_close(batch[:1], value)
+    ideal = 0.0 if name == "gmsd" else 1.0
+    assert batch[1].item() == pytest.approx(ideal, abs=1e-4)
