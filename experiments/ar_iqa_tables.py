@@ -10,7 +10,8 @@ Datasets are read from their official layouts under data/<name>/ (or --root); a 
 message that says where to put it. Per-image predictions are appended to results/ar_iqa/<dataset>_predictions.csv
 as they are computed; a rerun skips every (metric, image) already there, so an interrupted run resumes.
 The reference's features are computed once per reference image. Outputs in results/ar_iqa/:
-<dataset>_predictions.csv, table.csv / table.md / table.tex, and <dataset>_<metric>_scatter.png with the
+<dataset>_predictions.csv, table.csv / table.md / table.tex (with a bootstrap 95 % interval of the SRCC),
+by_distortion.csv (SRCC and logistic PLCC per distortion type), and <dataset>_<metric>_scatter.png with the
 fitted logistic curve (the predictions CSV is the data behind each scatter plot).
 """
 
@@ -36,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from iqa_core import FeatureMetric, WeightsNotFoundError, create_metric, list_metrics, load_image  # noqa: E402
 from iqa_core.datasets import DatasetNotFoundError, load_dataset  # noqa: E402
-from iqa_core.stats import correlations, logistic5  # noqa: E402
+from iqa_core.stats import bootstrap_ci, correlations, logistic5, per_group  # noqa: E402
 
 PUBLISHED = ROOT / "data" / "published" / "published_correlations.csv"
 QUICK_METRICS = ["psnr", "ssim", "deepssim"]
@@ -155,10 +156,12 @@ def published_row(published: pd.DataFrame, dataset_name: str, metric: str) -> di
 
 
 def summarise(dataset, records: list, metrics: dict, predictions: Path, published: pd.DataFrame,
-              out: Path) -> list[dict]:
+              out: Path, breakdown: list[dict]) -> list[dict]:
+    """One table row per metric (plus ``breakdown`` rows per distortion type) and a scatter plot each."""
     preds = pd.read_csv(predictions, on_bad_lines="skip")
     preds = preds[pd.to_numeric(preds["score"], errors="coerce").notna()].astype({"score": float})
     mos = {r.key: r.score for r in records}
+    distortion = {r.key: r.distortion for r in records}
     rows = []
     for name, metric in metrics.items():
         sub = preds[(preds["metric"] == name) & preds["dist"].isin(mos)].drop_duplicates("dist", keep="last")
@@ -170,6 +173,12 @@ def summarise(dataset, records: list, metrics: dict, predictions: Path, publishe
         sign = 1.0 if metric.higher_is_better == dataset.score_higher_is_better else -1.0
         row = {"dataset": dataset.name, "metric": name, "n": len(sub), "fit_ok": stats["fit_ok"],
                **{k: sign * stats[k] if k != "rmse" else stats[k] for k in STAT_KEYS}}
+        low, high = sorted(sign * v for v in bootstrap_ci(x, y, "srcc", n_boot=1000, seed=0))
+        row.update({"srcc_ci95_low": low, "srcc_ci95_high": high})
+        groups = sub["dist"].map(distortion).to_numpy()
+        for group, g_stats in per_group(x, y, groups).items():
+            breakdown.append({"dataset": dataset.name, "metric": name, "distortion": group, "n": g_stats["n"],
+                              "srcc": sign * g_stats["srcc"], "plcc_logistic": g_stats["plcc_logistic"]})
         pub = published_row(published, dataset.name, name)
         if pub is not None:  # the authors' metrics all correlate in the expected direction: magnitudes compare
             row.update({"published_srcc": abs(pub["srcc"]), "published_plcc_logistic": abs(pub["plcc_logistic5"]),
@@ -194,7 +203,8 @@ def scatter(path: Path, x: np.ndarray, y: np.ndarray, stats: dict, name: str, da
     plt.close(fig)
 
 
-def write_tables(rows: list[dict], out: Path) -> None:
+def write_tables(rows: list[dict], breakdown: list[dict], out: Path) -> None:
+    pd.DataFrame(breakdown).to_csv(out / "by_distortion.csv", index=False, float_format="%.6f")
     table = pd.DataFrame(rows)
     table.to_csv(out / "table.csv", index=False, float_format="%.6f")
     shown = table.drop(columns=[c for c in ("fit_ok",) if c in table]).round(4)
@@ -223,13 +233,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     metrics = build_metrics(args.metrics, args.device)
     published = published_values()
-    rows = []
+    rows: list[dict] = []
+    breakdown: list[dict] = []
     for dataset in datasets:
         records = list(dataset)[: args.limit] if args.limit else list(dataset)
         predictions = out / f"{dataset.name}_predictions.csv"
         score_dataset(dataset, records, metrics, predictions)
-        rows += summarise(dataset, records, metrics, predictions, published, out)
-    write_tables(rows, out)
+        rows += summarise(dataset, records, metrics, predictions, published, out, breakdown)
+    write_tables(rows, breakdown, out)
     print((out / "table.md").read_text())
     return 0
 

@@ -43,6 +43,10 @@ def test_quick_run_writes_every_output(tid_fixture, tmp_path):
     for name, row in table.items():
         assert float(row["srcc"]) > 0.5, (name, row)
         assert 0 < float(row["plcc"]) <= 1
+        assert float(row["srcc_ci95_low"]) <= float(row["srcc"]) <= float(row["srcc_ci95_high"])
+    with (out / "by_distortion.csv").open(newline="") as fh:
+        breakdown = list(csv.DictReader(fh))
+    assert {r["metric"] for r in breakdown} == {"deepssim", "deepssim-lite"} and len(breakdown) >= 4
     for suffix in ("md", "tex"):
         assert "deepssim-lite" in (out / f"table.{suffix}").read_text()
     assert (out / "TID2013_deepssim_scatter.png").stat().st_size > 0
