@@ -661,6 +661,8 @@ class _PiqMetric(Metric):
 
         if self.compute_dtype is not None:
             dist, ref = dist.to(self.compute_dtype), ref.to(self.compute_dtype)
+        if ref.shape[0] != dist.shape[0]:  # one reference for the batch: piq wants equal shapes
+            ref = ref.expand_as(dist)
         return getattr(piq, self.piq_function)(dist, ref, data_range=1.0, reduction="none", **self.piq_kwargs)
 
     def loss(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:

@@ -41,6 +41,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 from os import PathLike
 
 import numpy as np
@@ -369,8 +370,10 @@ def perspective(x: torch.Tensor, severity: float, *, seed: int = 0, border: str 
     return _perspective(x, severity, seed, border)[0]
 
 
+@lru_cache(maxsize=32)
 def _elastic_field(height: int, width: int, seed: int) -> torch.Tensor:
-    """Seeded smooth displacement field (2, H, W), peak absolute component exactly 1 pixel."""
+    """Seeded smooth displacement field (2, H, W), peak absolute component exactly 1 pixel. Cached: the
+    49 x 49 float64 smoothing costs about a second, and sweeps reuse one field per image size and seed."""
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(2, height, width, generator=gen, dtype=torch.float64)
     radius = math.ceil(3.0 * ELASTIC_SIGMA_PX)

@@ -334,5 +334,6 @@ def test_classical_metrics_match_matlab_values(name, shared_data):
     assert value.item() == pytest.approx(expected, abs=tol, rel=1e-5)
     batch = metric(torch.cat([dist, ref]), torch.cat([ref, ref]))
     torch.testing.assert_close(batch[:1], value)
+    torch.testing.assert_close(metric(torch.cat([dist, ref]), ref), batch)  # one reference for a batch
     ideal = 0.0 if name == "gmsd" else 1.0
     assert batch[1].item() == pytest.approx(ideal, abs=1e-4)

@@ -1,0 +1,356 @@
+"""Geometric robustness of FR-IQA metrics (GDR-IQA): how well each metric still orders distortion levels, and
+how much its score moves, when the distorted image is also geometrically transformed.
+
+    python experiments/gdr_robustness.py                 # bundled images, about 12 minutes on a 2-core CPU
+    python experiments/gdr_robustness.py --quick         # a small sweep, under 3 minutes (CI, quick start)
+    python experiments/gdr_robustness.py --metrics all --device cuda
+    python experiments/gdr_robustness.py --dataset TID2013 --limit 500   # SRCC/PLCC against MOS instead
+
+Default mode (no dataset): every bundled image (data/samples/) is distorted with each synthetic distortion at
+graded levels (iqa_core.distortions), then each geometric transform (iqa_core.transforms: translation,
+scale, rotation, perspective, elastic; reflect borders, so sizes are kept) is applied to the distorted image
+at each severity, and the metric scores (transformed distorted image, untouched reference). Figures of
+merit per (metric, transform, severity):
+
+- srcc: Spearman correlation between the metric's scores and the true distortion levels, pooled over images
+  and distortion types, signed so that 1 means "more distortion, worse score" for every metric;
+- score_shift: the transform's effect alone, as the median over (image, type, level) of
+  |s(T(d), r) - s(d, r)| divided by that (image, type)'s (finite) score range across levels at severity 0: 0.5 means
+  the transform moves the score by half the distance between the undistorted and the most distorted image.
+
+Dataset mode: the same sweep over the pairs of a rated dataset; srcc and plcc (raw) against its MOS.
+
+Outputs in results/gdr_robustness/: scores.csv (every scored pair; a rerun skips what is there, so an
+interrupted run resumes), summary.csv (metric, transform, severity, srcc, score_shift), summary.md, one PNG
+per transform, panels.png (all transforms, one line per metric), examples.png (each transform at each
+severity) and the CSVs behind every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+from scipy import stats  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from iqa_core import (  # noqa: E402
+    FeatureMetric,
+    IQAInputError,
+    WeightsNotFoundError,
+    create_metric,
+    list_metrics,
+    load_image,  # noqa: E402
+)
+from iqa_core.distortions import distort  # noqa: E402
+from iqa_core.samples import load_samples  # noqa: E402
+from iqa_core.transforms import GEOMETRIC_TRANSFORMS, apply_transform  # noqa: E402
+
+DEFAULT_METRICS = ["psnr", "ssim", "gmsd", "fsim", "lpips-alex", "lpips-vgg", "dists", "deepssim", "deepssim-lite",
+                   "deepwsd-vgg16", "deepjsd-vgg16", "deepskld-vgg16", "deepwsd-alexnet"]
+QUICK_METRICS = ["psnr", "ssim", "lpips-alex", "deepssim", "deepwsd-alexnet"]
+KEY = ["metric", "image", "distortion", "level", "transform", "severity"]
+NONE = "none"  # the untransformed pair (severity 0), shared by every transform
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--metrics", default="default", help="'default' (the list in this script), 'all' (every "
+                   "registered metric whose weights resolve) or comma-separated names")
+    p.add_argument("--images", type=int, default=4, help="how many bundled images (sorted by name)")
+    p.add_argument("--distortions", default="gaussian_blur,gaussian_noise,jpeg")
+    p.add_argument("--levels", default="1,2,3,4,5")
+    p.add_argument("--transforms", default=",".join(GEOMETRIC_TRANSFORMS))
+    p.add_argument("--severities", default="1,2,3", help="non-zero severities (severity 0 is always scored)")
+    p.add_argument("--border", default="reflect", choices=["reflect", "zeros"])
+    p.add_argument("--max-side", type=int, default=192, help="downscale the bundled images to this longer side")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dataset", help="rated dataset name (iqa_core.load_dataset): SRCC/PLCC against MOS")
+    p.add_argument("--root", help="dataset root")
+    p.add_argument("--limit", type=int, help="dataset mode: first N pairs")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", default=str(ROOT / "results" / "gdr_robustness"))
+    p.add_argument("--quick", action="store_true", help="2 images, 2 distortions, levels 1,3,5, severities 2,4, "
+                   f"metrics {','.join(QUICK_METRICS)}")
+    args = p.parse_args(argv)
+    if args.quick:  # the quick sweep, where the command line kept the defaults
+        quick = {"images": 2, "distortions": "gaussian_blur,jpeg", "levels": "1,3,5", "severities": "2,4",
+                 "metrics": ",".join(QUICK_METRICS)}
+        for name, value in quick.items():
+            if getattr(args, name) == p.get_default(name):
+                setattr(args, name, value)
+    return args
+
+
+def _ints(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
+
+
+def build_metrics(spec: str, device: str) -> dict:
+    names = {"default": DEFAULT_METRICS, "all": list_metrics()}.get(spec) or [n.strip() for n in spec.split(",")]
+    metrics = {}
+    for name in names:
+        try:
+            metrics[name] = create_metric(name).to(device).eval()
+        except WeightsNotFoundError as err:
+            print(f"skipped {name}: {str(err).splitlines()[0]}")
+    if not metrics:
+        raise SystemExit("error: no metric could be built")
+    return metrics
+
+
+def sweep(args: argparse.Namespace) -> list[tuple[str, str, int, str, float]]:
+    """(transform, severity) pairs to score; severity 0 once, as transform 'none'."""
+    severities = [float(s) for s in args.severities.split(",") if s.strip() and float(s) != 0]
+    return [(NONE, 0.0)] + [(t, s) for t in args.transforms.split(",") for s in severities]
+
+
+def transformed_batch(dist: torch.Tensor, grid: list[tuple[str, float]], args: argparse.Namespace) -> torch.Tensor:
+    return torch.cat([dist if t == NONE else apply_transform(t, dist, s, seed=args.seed, border=args.border)
+                      for t, s in grid]).clamp(0, 1)
+
+
+class ScoreCache:
+    """scores.csv, appended row by row; rows already present are never recomputed."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.done: set[tuple] = set()
+        if path.is_file():
+            with path.open(newline="") as fh:
+                for row in csv.DictReader(fh):
+                    if row.get("score") not in (None, ""):
+                        self.done.add(self.key(row))
+        self.fh = path.open("a", newline="")
+        self.writer = csv.writer(self.fh)
+        if path.stat().st_size == 0:
+            self.writer.writerow([*KEY, "score"])
+
+    @staticmethod
+    def key(row: dict) -> tuple:
+        return (row["metric"], row["image"], row["distortion"], str(int(float(row["level"]))), row["transform"],
+                f"{float(row['severity']):g}")
+
+    def has(self, *values) -> bool:
+        return self.key(dict(zip(KEY, values, strict=True))) in self.done
+
+    def add(self, values: list, score: float) -> None:
+        self.writer.writerow([*values, repr(score)])
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def score_group(metric, ref: torch.Tensor, batch: torch.Tensor, ref_cache: dict, image: str) -> list[float]:
+    with torch.no_grad():
+        if isinstance(metric, FeatureMetric):
+            if image not in ref_cache:
+                ref_cache.clear()
+                ref_cache[image] = metric.reference_features(ref)
+            return metric.score_against(batch, ref_cache[image]).tolist()
+        return metric(batch, ref).tolist()
+
+
+def run_samples(args: argparse.Namespace, metrics: dict, cache: ScoreCache) -> None:
+    images = dict(list(load_samples(max_side=args.max_side).items())[: args.images])
+    distortions = args.distortions.split(",")
+    levels = [0, *_ints(args.levels)]
+    grid = sweep(args)
+    jobs = [(m, i, d, lv) for m in metrics for i in images for d in distortions for lv in levels
+            if not all(cache.has(m, i, d, lv, t, s) for t, s in grid)]
+    print(f"{len(images)} images x {len(distortions)} distortions x {len(levels)} levels x {len(grid)} "
+          f"(transform, severity) x {len(metrics)} metrics; {len(jobs)} groups of {len(grid)} to score")
+    dist_cache: dict[tuple, torch.Tensor] = {}
+    for metric_name in metrics:
+        ref_cache: dict = {}
+        for (m, image, dname, level) in tqdm([j for j in jobs if j[0] == metric_name], desc=metric_name):
+            metric = metrics[m]
+            ref = images[image].to(metric.device)
+            if (image, dname, level) not in dist_cache:
+                dist = images[image] if level == 0 else distort(dname, images[image], level, seed=args.seed)
+                dist_cache[(image, dname, level)] = transformed_batch(dist, grid, args)
+            batch = dist_cache[(image, dname, level)].to(metric.device)
+            for (t, s), value in zip(grid, score_group(metric, ref, batch, ref_cache, image), strict=True):
+                cache.add([m, image, dname, level, t, f"{s:g}"], float(value))
+            cache.flush()
+
+
+def run_dataset(args: argparse.Namespace, metrics: dict, cache: ScoreCache) -> pd.DataFrame:
+    from iqa_core.datasets import load_dataset
+
+    dataset = load_dataset(args.dataset, root=args.root)
+    records = list(dataset)[: args.limit] if args.limit else list(dataset)
+    grid = sweep(args)
+    for metric_name, metric in metrics.items():
+        for rec in tqdm(records, desc=metric_name):
+            if all(cache.has(metric_name, rec.key, "dataset", 0, t, s) for t, s in grid):
+                continue
+            ref, dist = load_image(rec.ref).to(metric.device), load_image(rec.dist)
+            try:
+                batch = transformed_batch(dist, grid, args).to(metric.device)
+                values = score_group(metric, ref, batch, {}, rec.key)
+            except IQAInputError as err:
+                print(f"skipped {rec.key} for {metric_name}: {err}")
+                continue
+            for (t, s), value in zip(grid, values, strict=True):
+                cache.add([metric_name, rec.key, "dataset", 0, t, f"{s:g}"], float(value))
+            cache.flush()
+    return pd.DataFrame({"image": [r.key for r in records], "mos": [r.score for r in records]}), dataset
+
+
+def _finite_range(values: pd.Series) -> float:
+    """max - min of the finite scores (PSNR is +inf for the undistorted image)."""
+    v = values.to_numpy(float)
+    v = v[np.isfinite(v)]
+    return float(np.ptp(v)) if v.size else float("nan")
+
+
+def oriented_srcc(x: np.ndarray, y: np.ndarray, sign: float) -> float:
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return float("nan")
+    return sign * float(stats.spearmanr(x, y)[0])
+
+
+def summarise_samples(scores: pd.DataFrame, metrics: dict, args: argparse.Namespace) -> pd.DataFrame:
+    rows = []
+    base = scores[scores["transform"] == NONE].set_index(["metric", "image", "distortion", "level"])["score"]
+    spread = base.groupby(["metric", "image", "distortion"]).agg(_finite_range)
+    distorted = scores[scores.level > 0]
+    for (metric, transform, severity), group in _by_transform(distorted):
+        sign = -1.0 if metrics[metric].higher_is_better else 1.0  # more distortion = worse score
+        srcc = oriented_srcc(group.level.to_numpy(float), group.score.to_numpy(float), sign)
+        shifts = [abs(r.score - base[(metric, r.image, r.distortion, r.level)]) /
+                  max(spread[(metric, r.image, r.distortion)], 1e-12) for r in group.itertuples()]
+        rows.append({"metric": metric, "transform": transform, "severity": severity, "srcc": srcc,
+                     "score_shift": float(np.median(shifts))})
+    return pd.DataFrame(rows)
+
+
+def summarise_dataset(scores: pd.DataFrame, labels: pd.DataFrame, dataset, metrics: dict) -> pd.DataFrame:
+    scores = scores.merge(labels, on="image")
+    rows = []
+    base = scores[scores["transform"] == NONE].set_index(["metric", "image"])["score"]
+    spread = base.groupby("metric").agg(_finite_range)
+    for (metric, transform, severity), group in _by_transform(scores):
+        sign = 1.0 if metrics[metric].higher_is_better == dataset.score_higher_is_better else -1.0
+        x, y = group.score.to_numpy(float), group.mos.to_numpy(float)
+        shift = np.median([abs(r.score - base[(metric, r.image)]) for r in group.itertuples()]) / spread[metric]
+        rows.append({"metric": metric, "transform": transform, "severity": severity,
+                     "srcc": oriented_srcc(x, y, sign), "plcc": sign * float(stats.pearsonr(x, y)[0]),
+                     "score_shift": float(shift)})
+    return pd.DataFrame(rows)
+
+
+def _by_transform(scores: pd.DataFrame):
+    """(metric, transform, severity) groups; the untransformed rows count as severity 0 of every transform."""
+    transforms = sorted(set(scores["transform"]) - {NONE})
+    for metric, per_metric in scores.groupby("metric", sort=False):
+        none = per_metric[per_metric["transform"] == NONE]
+        for transform in transforms:
+            yield (metric, transform, 0.0), none
+            for severity, group in per_metric[per_metric["transform"] == transform].groupby("severity"):
+                yield (metric, transform, float(severity)), group
+
+
+def plot_summary(summary: pd.DataFrame, out: Path) -> None:
+    transforms = sorted(summary["transform"].unique())
+    units = {name: spec.unit for name, spec in GEOMETRIC_TRANSFORMS.items()}
+    fig, axes = plt.subplots(2, len(transforms), figsize=(3.3 * len(transforms), 6.4), squeeze=False)
+    for col, transform in enumerate(transforms):
+        part = summary[summary["transform"] == transform]
+        part.to_csv(out / f"{transform}.csv", index=False)
+        single, ax1 = plt.subplots(figsize=(4.5, 3.4))
+        for metric, lines in part.groupby("metric", sort=False):
+            lines = lines.sort_values("severity")
+            for ax in (axes[0, col], ax1):
+                ax.plot(lines.severity, lines.srcc, marker="o", ms=3, label=metric)
+            axes[1, col].plot(lines.severity, lines.score_shift, marker="o", ms=3, label=metric)
+        for ax in (axes[0, col], ax1):
+            ax.set_title(transform, fontsize=9)
+            ax.set_xlabel(f"severity ({units.get(transform, '')})", fontsize=8)
+        axes[0, col].set_ylabel("SRCC with distortion level" if col == 0 else "")
+        axes[1, col].set_ylabel("score shift (fraction of range)" if col == 0 else "")
+        axes[1, col].set_xlabel(f"severity ({units.get(transform, '')})", fontsize=8)
+        ax1.set_ylabel("SRCC with distortion level")
+        ax1.legend(fontsize=6, ncol=2)
+        single.tight_layout()
+        single.savefig(out / f"{transform}.png", dpi=110)
+        plt.close(single)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(7, len(labels)), fontsize=7)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
+    fig.savefig(out / "panels.png", dpi=110)
+    plt.close(fig)
+
+
+def plot_examples(image: torch.Tensor, args: argparse.Namespace, out: Path) -> None:
+    severities = [float(s) for s in args.severities.split(",") if s.strip()]
+    transforms = args.transforms.split(",")
+    fig, axes = plt.subplots(len(transforms), len(severities) + 1,
+                             figsize=(2.0 * (len(severities) + 1), 1.7 * len(transforms)), squeeze=False)
+    for row, name in enumerate(transforms):
+        for col, severity in enumerate([0.0, *severities]):
+            shown = image if severity == 0 else apply_transform(name, image, severity, seed=args.seed,
+                                                                border=args.border)
+            axes[row, col].imshow(shown[0].clamp(0, 1).permute(1, 2, 0).numpy())
+            axes[row, col].set_title(f"{name} {severity:g} {GEOMETRIC_TRANSFORMS[name].unit}", fontsize=7)
+            axes[row, col].axis("off")
+    fig.tight_layout()
+    fig.savefig(out / "examples.png", dpi=100)
+    plt.close(fig)
+
+
+def write_markdown(summary: pd.DataFrame, path: Path) -> None:
+    pivot = summary.pivot_table(index="metric", columns=["transform", "severity"], values="srcc", sort=False)
+    lines = ["# GDR-IQA robustness: SRCC with the distortion level (1 = perfect ordering)", "",
+             "| metric | " + " | ".join(f"{t} {s:g}" for t, s in pivot.columns) + " |",
+             "|---|" + "---|" * len(pivot.columns)]
+    lines += [f"| {m} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for m, row in pivot.iterrows()]
+    shift = summary[summary.severity > 0].groupby("metric", sort=False).score_shift.mean()
+    lines += ["", "Mean score shift caused by the transforms alone (fraction of the metric's range over "
+              "distortion levels; lower is more robust):", "", "| metric | mean score shift |", "|---|---|"]
+    lines += [f"| {m} | {v:.3f} |" for m, v in shift.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = build_metrics(args.metrics, args.device)
+    cache = ScoreCache(out / "scores.csv")
+    if args.dataset:
+        labels, dataset = run_dataset(args, metrics, cache)
+    else:
+        run_samples(args, metrics, cache)
+    cache.fh.close()
+    scores = pd.read_csv(out / "scores.csv")
+    scores = scores[scores.metric.isin(metrics)].drop_duplicates(KEY, keep="last")
+    if args.dataset:
+        summary = summarise_dataset(scores, labels, dataset, metrics)
+    else:
+        summary = summarise_samples(scores, metrics, args)
+        plot_examples(next(iter(load_samples(max_side=args.max_side).values())), args, out)
+    summary.to_csv(out / "summary.csv", index=False, float_format="%.6f")
+    write_markdown(summary, out / "summary.md")
+    plot_summary(summary, out)
+    print((out / "summary.md").read_text())
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
