@@ -45,3 +45,19 @@ def test_quick_outputs_and_resume(tmp_path):
     second = _run(out)
     assert "0 groups of 11 to score" in second.stdout
     assert (out / "scores.csv").read_bytes() == before
+
+
+def test_dataset_mode_on_a_fixture(tmp_path):
+    from fixtures_datasets import make_fixture
+
+    root = make_fixture("TID2013", tmp_path / "TID2013", size=48)
+    out = tmp_path / "gdr_dataset"
+    subprocess.run([sys.executable, str(SCRIPT), "--dataset", "TID2013", "--root", str(root), "--metrics",
+                    "psnr,ssim", "--severities", "2", "--limit", "15", "--out", str(out), "--device", "cpu"],
+                   capture_output=True, text=True, check=True)
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary.columns) == ["metric", "transform", "severity", "srcc", "plcc", "score_shift"]
+    assert len(summary) == 2 * len(TRANSFORMS) * 2  # severities 0 and 2
+    base = summary[summary.severity == 0]
+    assert (base.srcc > 0.5).all()  # the fixture's MOS falls with the distortion level
+    assert len(pd.read_csv(out / "scores.csv")) == 2 * 15 * (1 + len(TRANSFORMS))

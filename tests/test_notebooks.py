@@ -41,3 +41,13 @@ def test_distribution_measures_notebook():
     for name, rows in result["scores"].items():
         blur, quantised = (rows[k]["score"] for k in sorted(rows))
         assert 0 < quantised < blur, name  # every measure ranks the MOS 1.70 image below the MOS 4.39 one
+
+
+def test_gdr_robustness_notebook():
+    nb = run_notebook("gdr_robustness.ipynb")
+    result = json.loads(last_stdout(nb))
+    assert result["transforms"] == sorted(["translation", "scale", "rotation", "perspective", "elastic"])
+    assert 0.0 in result["severities"] and len(result["severities"]) >= 3
+    assert result["rows"] == len(result["metrics"]) * 5 * len(result["severities"])
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 2
