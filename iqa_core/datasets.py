@@ -633,6 +633,14 @@ def _parse_tid_name(name: str) -> tuple[int, int, int]:
     return int(m[1]), int(m[2]), int(m[3])
 
 
+def _score_name_lines(path: Path) -> Iterator[tuple[float, str]]:
+    """(score, file name) from a '<score> <name>' label file (TID2013's and QADS's mos_with_names.txt)."""
+    for line in _read_text(path).splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            yield float(parts[0]), parts[1]
+
+
 def _load_tid2013(root: Path, *, spec: DatasetSpec, order: str = "official",
                   **options: Any) -> tuple[list[IQARecord], dict[str, Any]]:
     """TID2013 (Ponomarenko et al., Signal Processing: Image Communication 2015; ponomarenko.info).
@@ -650,16 +658,12 @@ def _load_tid2013(root: Path, *, spec: DatasetSpec, order: str = "official",
     root = _step_into(root, ("tid2013", "TID2013"), "mos_with_names.txt")
     files = _require(spec.name, root, _TID_LAYOUT, ["mos_with_names.txt", "distorted_images", "reference_images"])
     records = []
-    for line in _read_text(files["mos_with_names.txt"]).splitlines():
-        parts = line.split()
-        if len(parts) < 2:
-            continue
-        name = parts[1]
+    for score, name in _score_name_lines(files["mos_with_names.txt"]):
         ref_i, typ, lvl = _parse_tid_name(name)
         key = f"distorted_images/{name.lower()}"
         records.append(IQARecord(dist=_resolve_or_expected(root, f"distorted_images/{name}"),
                                  ref=_resolve_or_expected(root, f"reference_images/I{ref_i:02d}.BMP"),
-                                 score=float(parts[0]),
+                                 score=score,
                                  distortion=TID2013_TYPES[typ - 1] if typ <= len(TID2013_TYPES) else f"type{typ}",
                                  level=lvl, key=key))
     if order == "deepwsd":
@@ -920,17 +924,13 @@ def _load_qads(root: Path, *, spec: DatasetSpec, **options: Any) -> tuple[list[I
     root = _step_into(root, ("QADS",), "mos_with_names.txt")
     files = _require(spec.name, root, _QADS_LAYOUT, ["mos_with_names.txt", "super-resolved_images", "source_images"])
     records = []
-    for line in _read_text(files["mos_with_names.txt"]).splitlines():
-        parts = line.split()
-        if len(parts) < 2:
-            continue
-        name = parts[1]
+    for score, name in _score_name_lines(files["mos_with_names.txt"]):
         fields = Path(name).stem.split("_")
         level = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
         method = f"sr{fields[2]}" if len(fields) > 2 else "sr"
         records.append(IQARecord(dist=_resolve_or_expected(root, f"super-resolved_images/{name}"),
                                  ref=_resolve_or_expected(root, f"source_images/{fields[0]}.bmp"),
-                                 score=float(parts[0]), distortion=method, level=level,
+                                 score=score, distortion=method, level=level,
                                  key=f"super-resolved_images/{name}"))
     return records, {"root": root}
 
