@@ -35,8 +35,9 @@ from tqdm import tqdm  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from iqa_core import FeatureMetric, WeightsNotFoundError, create_metric, list_metrics, load_image  # noqa: E402
+from iqa_core import FeatureMetric, list_metrics, load_image  # noqa: E402
 from iqa_core.datasets import DatasetNotFoundError, load_dataset  # noqa: E402
+from iqa_core.metric import create_available_metrics  # noqa: E402
 from iqa_core.stats import bootstrap_ci, correlations, logistic5, per_group  # noqa: E402
 
 PUBLISHED = ROOT / "data" / "published" / "published_correlations.csv"
@@ -65,12 +66,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_metrics(names: str, device: str) -> dict[str, torch.nn.Module]:
     """Every requested metric that can be built here; the others are listed with the reason."""
     wanted = list_metrics() if names == "all" else [n.strip() for n in names.split(",") if n.strip()]
-    metrics = {}
-    for name in wanted:
-        try:
-            metrics[name] = create_metric(name).to(device).eval()
-        except WeightsNotFoundError as err:
-            print(f"skipped {name}: {str(err).splitlines()[0]}", file=sys.stderr)
+    metrics, skipped = create_available_metrics(wanted, device)
+    for name, reason in skipped.items():
+        print(f"skipped {name}: {reason}", file=sys.stderr)
     if not metrics:
         raise SystemExit("error: no metric could be built (see the lines above)")
     return metrics

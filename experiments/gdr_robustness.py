@@ -46,15 +46,9 @@ from tqdm import tqdm  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from iqa_core import (  # noqa: E402
-    FeatureMetric,
-    IQAInputError,
-    WeightsNotFoundError,
-    create_metric,
-    list_metrics,
-    load_image,  # noqa: E402
-)
+from iqa_core import FeatureMetric, IQAInputError, list_metrics, load_image  # noqa: E402
 from iqa_core.distortions import distort  # noqa: E402
+from iqa_core.metric import create_available_metrics  # noqa: E402
 from iqa_core.samples import load_samples  # noqa: E402
 from iqa_core.transforms import GEOMETRIC_TRANSFORMS, apply_transform  # noqa: E402
 
@@ -101,12 +95,9 @@ def _ints(text: str) -> list[int]:
 
 def build_metrics(spec: str, device: str) -> dict:
     names = {"default": DEFAULT_METRICS, "all": list_metrics()}.get(spec) or [n.strip() for n in spec.split(",")]
-    metrics = {}
-    for name in names:
-        try:
-            metrics[name] = create_metric(name).to(device).eval()
-        except WeightsNotFoundError as err:
-            print(f"skipped {name}: {str(err).splitlines()[0]}")
+    metrics, skipped = create_available_metrics(names, device)
+    for name, reason in skipped.items():
+        print(f"skipped {name}: {reason}")
     if not metrics:
         raise SystemExit("error: no metric could be built")
     return metrics

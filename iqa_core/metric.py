@@ -19,7 +19,7 @@ from torch import nn
 from iqa_core.validation import check_pair
 
 __all__ = ["Metric", "FeatureMetric", "MetricInfo", "register_metric", "create_metric", "list_metrics",
-           "metric_info"]
+           "metric_info", "create_available_metrics"]
 
 #: Paper packages that register metrics when imported (they depend on iqa_core, not the reverse,
 #: so the registry imports them by name on first use).
@@ -149,3 +149,21 @@ def create_metric(name: str, **kwargs: Any) -> Metric:
     info = metric_info(name)
     metric = info.factory(**{**info.defaults, **kwargs})
     return metric
+
+
+def create_available_metrics(names: list[str], device: str | torch.device = "cpu") -> tuple[dict[str, Metric],
+                                                                                          dict[str, str]]:
+    """Build every named metric whose weights resolve, on ``device``, in eval mode.
+
+    Returns ``(metrics, skipped)``: ``skipped`` maps each metric that could not be built to the first line
+    of the reason (missing weights), so that experiments can report it. Unknown names still raise.
+    """
+    from iqa_core.weights import WeightsNotFoundError
+
+    metrics, skipped = {}, {}
+    for name in names:
+        try:
+            metrics[name] = create_metric(name).to(device).eval()
+        except WeightsNotFoundError as err:
+            skipped[name] = str(err).splitlines()[0]
+    return metrics, skipped

@@ -137,3 +137,13 @@ def test_tap_table_and_min_sizes(arch):
         if n > 1:
             with pytest.raises(RuntimeError):
                 features[:end](torch.rand(1, 3, n - 1, n - 1)).sum().item()
+
+
+def test_create_available_metrics_reports_what_it_skips(isolated):
+    from iqa_core.metric import create_available_metrics
+
+    metrics, skipped = create_available_metrics(["psnr", "deepssim"])
+    assert list(metrics) == ["psnr"] and not metrics["psnr"].training
+    assert list(skipped) == ["deepssim"] and "no pretrained weights for vgg16" in skipped["deepssim"]
+    with pytest.raises(KeyError, match="unknown metric"):
+        create_available_metrics(["no-such-metric"])
