@@ -26,12 +26,13 @@ from typing import Any
 import torch
 
 from iqa_core.backbones import BACKBONES, ImageNetNormalize, build_features
+from iqa_core.comparators import Comparator, as_channel_map, register_comparator
 from iqa_core.metric import FeatureMetric, register_metric
 from iqa_core.validation import check_mask
 from iqa_core.weights import WeightsSource
 
 __all__ = ["DeepSSIM", "DeepSSIMSC", "DeepSSIMLite", "gram_matrix", "gram_block_similarity",
-           "gram_structure_similarity", "deepssim", "EPS", "BLOCK"]
+           "gram_structure_similarity", "deepssim", "EPS", "BLOCK", "GramBlockComparator"]
 
 PAPER = ("K. Zhang, W. Chen, T. Zhao, Z. Wang, Structural Similarity in Deep Features: Unified Image "
          "Quality Assessment Robust to Geometrically Disparate Reference, IEEE TPAMI 2025")
@@ -201,3 +202,21 @@ def deepssim(dist: torch.Tensor, ref: torch.Tensor, weights: WeightsSource = Non
     """Functional form: per-image DeepSSIM scores (builds the network on each call; keep a
     :class:`DeepSSIM` module for repeated use)."""
     return DeepSSIM(weights=weights).to(dist.device)(dist, ref)
+
+
+@register_comparator("gram-ssim", "DeepSSIM's structure term on 4x4 blocks of each tap's Gram matrix, averaged")
+class GramBlockComparator(Comparator):
+    """DeepSSIM on any tap: Gram matrix of the channels (tokens: of the D features over the T tokens), mean
+    block structure similarity, averaged over taps. Higher is better. On VGG16 ``relu5_1`` (ImageNet-normalised
+    input) it equals the registered ``deepssim``."""
+
+    higher_is_better = True
+    requires_same_size = False
+
+    def prepare(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
+        flat = [as_channel_map(t) for t in taps]
+        return [gram_matrix(f.unsqueeze(-1)) for f in flat]
+
+    def compare(self, dist: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([gram_block_similarity(d, r).mean(dim=(1, 2)) for d, r in zip(dist, ref, strict=True)]
+                           ).mean(0)

@@ -22,6 +22,7 @@ score, and a batch of one equals the official value.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,11 +39,13 @@ from distribution_measures.distances import (
     wasserstein_grid,
 )
 from iqa_core.backbones import BACKBONES, TapExtractor, build_features
+from iqa_core.comparators import Comparator, register_comparator
 from iqa_core.metric import FeatureMetric, register_metric
 from iqa_core.validation import IQAInputError
 from iqa_core.weights import WeightsSource
 
-__all__ = ["Variant", "VARIANTS", "DistributionMeasure", "downsample_factor", "downsample"]
+__all__ = ["Variant", "VARIANTS", "DistributionMeasure", "downsample_factor", "downsample", "tap_distance",
+           "column_distance", "wsd_weights", "DistributionComparator"]
 
 PAPER = ("X. Liao, X. Wei, M. Zhou, Z. Li, S. Kwong, Image Quality Assessment: Measuring Perceptual Degradation "
          "via Distribution Measures in Deep Feature Spaces, IEEE TIP 33:4044-4059, 2024")
@@ -116,6 +119,42 @@ def downsample(x: torch.Tensor) -> torch.Tensor:
     """Average pooling by f x f with stride f (the official depthwise box filter; f = 1 is the identity)."""
     f = downsample_factor(*x.shape[-2:])
     return F.avg_pool2d(x, f, f) if f > 1 else x
+
+
+def tap_distance(mx: torch.Tensor, my: torch.Tensor, variant: Variant,
+                 wasserstein: Callable[..., torch.Tensor] = wasserstein_grid) -> torch.Tensor:
+    """(B, 64, L) columns of the two images' tap -> (B,): the variant's column distance plus its weighted L2
+    term, averaged over the columns. A batch of one broadcasts against a batch of B."""
+    if mx.shape[0] != my.shape[0]:  # one reference for a batch of distorted images
+        mx, my = torch.broadcast_tensors(mx, my)
+        mx, my = mx.contiguous(), my.contiguous()
+    d = column_distance(mx, my, variant, wasserstein)
+    if variant.l2_c is not None:
+        d = d + ((mx - my) ** 2).sum(-2) * l2_weight(d, variant.l2_c)
+    return d.mean(-1)
+
+
+def column_distance(mx: torch.Tensor, my: torch.Tensor, variant: Variant,
+                    wasserstein: Callable[..., torch.Tensor] = wasserstein_grid) -> torch.Tensor:
+    """(B, 64, L) -> (B, L): WSD, JSD or symmetric KL of each pair of columns, as the variant's file computes it."""
+    if variant.measure == "wsd":
+        # Only the raw MobileNet features can be negative; the other weightings skip the sign check.
+        return wasserstein(wsd_weights(mx, variant), wsd_weights(my, variant), variant.wsd_p,
+                           nonnegative=variant.wsd_weights != "raw" or None)
+    p, q = torch.softmax(mx, dim=-2), torch.softmax(my, dim=-2)  # over the 64 atoms
+    if variant.measure == "jsd":
+        return js_divergence(p, q, variant.jsd_eps_inside, variant.jsd_eps_outside)
+    return symmetric_kl(p, q, variant.kld_eps)
+
+
+def wsd_weights(m: torch.Tensor, variant: Variant) -> torch.Tensor:
+    """Masses put on the 64 grid atoms of each column (never normalised per column, as official)."""
+    kind = variant.wsd_weights
+    if kind == "squared_over_sum":  # M * (M / (sum of the whole fitted tap + 1e-6)), per image
+        return m * (m / (m.sum(dim=(-2, -1), keepdim=True) + 1e-6))
+    if kind == "softmax_columns":  # softmax across the L columns, separately for each atom
+        return torch.softmax(m, dim=-1)
+    return m
 
 
 class DistributionMeasure(FeatureMetric):
@@ -195,33 +234,7 @@ class DistributionMeasure(FeatureMetric):
 
     def tap_distance(self, mx: torch.Tensor, my: torch.Tensor) -> torch.Tensor:
         """(B, 64, L) columns of the two images -> (B,) mean per-column value of one tap."""
-        if mx.shape[0] != my.shape[0]:  # one reference for a batch of distorted images
-            mx, my = torch.broadcast_tensors(mx, my)
-            mx, my = mx.contiguous(), my.contiguous()
-        d = self.column_distance(mx, my)
-        if self.variant.l2_c is not None:
-            d = d + ((mx - my) ** 2).sum(-2) * l2_weight(d, self.variant.l2_c)
-        return d.mean(-1)
-
-    def column_distance(self, mx: torch.Tensor, my: torch.Tensor) -> torch.Tensor:
-        v = self.variant
-        if v.measure == "wsd":
-            # Only the raw MobileNet features can be negative; the other weightings skip the sign check.
-            return self.wasserstein(self.wsd_weights(mx), self.wsd_weights(my), v.wsd_p,
-                                    nonnegative=v.wsd_weights != "raw" or None)
-        p, q = torch.softmax(mx, dim=-2), torch.softmax(my, dim=-2)  # over the 64 atoms
-        if v.measure == "jsd":
-            return js_divergence(p, q, v.jsd_eps_inside, v.jsd_eps_outside)
-        return symmetric_kl(p, q, v.kld_eps)
-
-    def wsd_weights(self, m: torch.Tensor) -> torch.Tensor:
-        """Masses put on the 64 grid atoms of each column (never normalised per column, as official)."""
-        kind = self.variant.wsd_weights
-        if kind == "squared_over_sum":  # M * (M / (sum of the whole fitted tap + 1e-6)), per image
-            return m * (m / (m.sum(dim=(-2, -1), keepdim=True) + 1e-6))
-        if kind == "softmax_columns":  # softmax across the L columns, separately for each atom
-            return torch.softmax(m, dim=-1)
-        return m
+        return tap_distance(mx, my, self.variant, self.wasserstein)
 
     def compare(self, dist_features: list[torch.Tensor], ref_features: list[torch.Tensor]) -> torch.Tensor:
         raw = self.raw_distance(dist_features, ref_features)
@@ -243,3 +256,37 @@ def _register(name: str, variant: Variant) -> None:
 
 for _name, _variant in VARIANTS.items():
     _register(_name, _variant)
+
+
+class DistributionComparator(Comparator):
+    """A distribution measure on any backbone's taps (iqa_core.comparators): each tap fitted to the window and
+    read as 64-atom columns, the official VGG files' column distance + L2 term, averaged over the columns, then
+    over the taps, scored as log(mean + 1) ** 0.25. Token taps (B, T, D) count as one-channel (B, 1, T, D) maps.
+
+    On the taps ``[image, relu1_2, relu2_2, relu3_4, relu4_4, relu5_4]`` of the L2-pooled VGG19 without ImageNet
+    normalisation (``create_backbone("vgg19", l2_pooling=True, normalize=False)``), ``deepwsd`` equals the
+    registered ``deepwsd-vgg`` without its resizing (and ``deepjsd``/``deepskld`` likewise).
+    """
+
+    recipe = ""
+
+    def prepare(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
+        out = []
+        for tap in taps:
+            if tap.dim() == 3:
+                tap = tap.unsqueeze(1)
+            fitted = fit_to_window(tap, WINDOW, VARIANTS[self.recipe].rounding)
+            if tap.dim() != 4 or fitted.shape[-1] == 0 or fitted.shape[-2] == 0:
+                raise IQAInputError(f"{self.name}: a tap of shape {tuple(tap.shape)} has no 8x8-window columns")
+            out.append(columns(fitted, WINDOW))
+        return out
+
+    def compare(self, dist: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
+        variant = VARIANTS[self.recipe]
+        raw = torch.stack([tap_distance(d, r, variant) for d, r in zip(dist, ref, strict=True)]).mean(0)
+        return torch.log(raw + 1) ** 0.25
+
+
+for _measure in ("wsd", "jsd", "skld"):
+    register_comparator(f"deep{_measure}", f"Deep{_measure.upper()} (TIP 2024, VGG recipe) on each tap, averaged")(
+        type(f"Deep{_measure.upper()}Comparator", (DistributionComparator,), {"recipe": f"deep{_measure}-vgg"}))

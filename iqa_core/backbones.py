@@ -7,16 +7,21 @@ computes exactly that tap.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
 
 import torch
 import torchvision
 from torch import nn
 
+from iqa_core.registry import Registry
 from iqa_core.weights import WeightsSource, resolve_weights
 
 __all__ = ["BackboneSpec", "BACKBONES", "build_features", "ImageNetNormalize", "TapExtractor", "L2Pool",
-           "IMAGENET_MEAN", "IMAGENET_STD"]
+           "IMAGENET_MEAN", "IMAGENET_STD", "TapBackbone", "TorchvisionBackbone", "BackboneInfo", "register_backbone",
+           "create_backbone", "list_backbones", "backbone_info", "torchvision_top1", "EMBEDDING"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -165,3 +170,141 @@ class TapExtractor(nn.Module):
             outs.append(x)
             start = end
         return outs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Named backbones with named taps: one interface for torchvision CNNs and foundation models (zs_iqa registers
+# those), so that any backbone can be combined with any comparator (iqa_core.comparators).
+# ---------------------------------------------------------------------------------------------------------------
+
+#: Packages that register backbones when imported (they depend on iqa_core, not the reverse).
+BACKBONE_PACKAGES = ("zs_iqa",)
+
+EMBEDDING = "embedding"  # tap name of a backbone's final embedding (where it has one)
+
+
+class TapBackbone(nn.Module):
+    """A frozen backbone returning named intermediate outputs ("taps") of images in [0, 1].
+
+    ``taps`` lists the intermediate taps in forward order (``embedding``, where a backbone has one, is
+    asked for by name but not listed; ``image``, where listed, is the input as the first layer sees it).
+    ``layout`` is ``"map"`` for (B, C, H, W) taps or ``"tokens"`` for
+    (B, T, D) token sequences. ``window`` is the fixed input side of backbones that need one (ViTs: 224):
+    images are then scored in sliding windows (iqa_core.deep_features); ``None`` means any size.
+    """
+
+    name: str = ""
+    taps: tuple[str, ...] = ()
+    layout: str = "map"
+    window: int | None = None
+    has_embedding: bool = False
+    min_size: int = 1
+
+    @property
+    def default_taps(self) -> tuple[str, ...]:
+        """What ``taps=None`` means: every intermediate tap (torchvision backbones: all but ``image``)."""
+        return tuple(t for t in self.taps if t != "image")
+
+    def check_taps(self, taps: Sequence[str] | None) -> list[str]:
+        taps = list(self.default_taps if taps is None else taps)
+        known = set(self.taps) | ({EMBEDDING} if self.has_embedding else set())
+        unknown = [t for t in taps if t not in known]
+        if unknown or not taps:
+            raise KeyError(f"backbone {self.name!r} has no tap {unknown or '(none asked)'}; its taps are "
+                           f"{list(self.taps)}{' and ' + repr(EMBEDDING) if self.has_embedding else ''}")
+        return taps
+
+    def forward(self, x: torch.Tensor, taps: Sequence[str] | None = None) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def train(self, mode: bool = True) -> TapBackbone:
+        return super().train(False)  # frozen feature extractors: BatchNorm statistics and dropout stay off
+
+
+class TorchvisionBackbone(TapBackbone):
+    """torchvision ``<arch>().features`` with the taps of :data:`BACKBONES` plus ``image`` (the input itself).
+
+    ``normalize``: ImageNet mean/std first (LPIPS, DISTS, DeepSSIM do; the distribution measures do not).
+    ``l2_pooling``: max pools replaced by :class:`L2Pool` (DISTS, the distribution measures' VGG).
+    """
+
+    def __init__(self, arch: str, weights: WeightsSource = None, normalize: bool = True,
+                 l2_pooling: bool = False) -> None:
+        super().__init__()
+        spec = BACKBONES[arch]
+        self.name = arch + ("-l2pool" if l2_pooling else "")
+        self.arch = arch
+        self.taps = ("image", *spec.taps)
+        self.spec = spec
+        self.normalize = ImageNetNormalize() if normalize else nn.Identity()
+        self.features = build_features(arch, weights, l2_pooling=l2_pooling)
+        self.min_size = max(spec.min_input.values(), default=1)
+
+    def forward(self, x: torch.Tensor, taps: Sequence[str] | None = None) -> list[torch.Tensor]:
+        taps = self.check_taps(taps)
+        ends = {t: (0 if t == "image" else self.spec.taps[t]) for t in taps}
+        x = self.normalize(x)
+        outs: dict[int, torch.Tensor] = {0: x}
+        start = 0
+        for end in sorted(set(ends.values()) - {0}):
+            x = self.features[start:end](x)
+            outs[end] = x
+            start = end
+        return [outs[ends[t]] for t in taps]
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, taps={list(self.taps)}"
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    name: str
+    factory: Callable[..., TapBackbone]
+    description: str
+    #: ImageNet-1k top-1 accuracy (%) of the weights the backbone is meant to carry, and where it comes from
+    top1: float | None = None
+    top1_source: str = ""
+    #: what a user must provide for real weights (file names, formats)
+    weights_hint: str = ""
+
+
+_BACKBONE_REGISTRY: Registry[BackboneInfo] = Registry("backbone", BACKBONE_PACKAGES)
+
+
+def register_backbone(name: str, factory: Callable[..., TapBackbone], description: str, top1: float | None = None,
+                      top1_source: str = "", weights_hint: str = "") -> None:
+    _BACKBONE_REGISTRY.add(name, BackboneInfo(name, factory, description, top1, top1_source, weights_hint))
+
+
+def list_backbones() -> list[str]:
+    """Names of every registered backbone (torchvision CNNs and the foundation models of zs_iqa)."""
+    return _BACKBONE_REGISTRY.names()
+
+
+def backbone_info(name: str) -> BackboneInfo:
+    return _BACKBONE_REGISTRY.get(name)
+
+
+def create_backbone(name: str, weights: WeightsSource = None, **kwargs: Any) -> TapBackbone:
+    """Build a registered backbone, frozen and in eval mode, e.g. ``create_backbone("vgg16")``."""
+    backbone = backbone_info(name).factory(weights=weights, **kwargs)
+    backbone.requires_grad_(False)
+    return backbone.eval()
+
+
+def torchvision_top1(arch: str) -> float | None:
+    """ImageNet-1k top-1 (%) that torchvision's metadata records for the IMAGENET1K_V1 weights (offline)."""
+    enum = torchvision.models.get_model_weights(arch)
+    return float(enum.IMAGENET1K_V1.meta["_metrics"]["ImageNet-1K"]["acc@1"])
+
+
+def _register_torchvision_backbones() -> None:
+    for arch in BACKBONES:
+        register_backbone(
+            arch, partial(TorchvisionBackbone, arch),
+            description=f"torchvision {arch} features, ImageNet-normalised input; taps {list(BACKBONES[arch].taps)}",
+            top1=torchvision_top1(arch), top1_source="torchvision weight metadata (IMAGENET1K_V1, acc@1)",
+            weights_hint=f"$IQA_WEIGHTS_DIR/{arch}_features.pth or torchvision's own file (see iqa_core.weights)")
+
+
+_register_torchvision_backbones()

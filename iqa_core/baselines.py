@@ -53,7 +53,8 @@ from iqa_core.weights import WeightsNotFoundError, WeightsSource
 __all__ = [
     "PSNR", "SSIM", "MSSSIM", "LPIPS", "LPIPSAlex", "LPIPSVGG", "DISTS",
     "psnr", "ssim", "ms_ssim", "to_luminance", "matlab_box_downsample", "gaussian_window", "ssim_downsample_factor",
-    "load_lpips_heads", "load_dists_alpha_beta", "HEADS_SHA256", "lpips_heads_filename", "DISTS_FILENAME",
+    "load_lpips_heads", "load_dists_alpha_beta", "unit_normalize", "dists_terms",
+    "HEADS_SHA256", "lpips_heads_filename", "DISTS_FILENAME",
     "COLOR_MODES", "MS_SSIM_WEIGHTS", "LPIPS_SHIFT", "LPIPS_SCALE", "LPIPS_TAPS", "DISTS_TAPS", "DISTS_CHANNELS",
 ]
 
@@ -453,6 +454,15 @@ def load_lpips_heads(net: str, heads: HeadsSource = None) -> list[torch.Tensor]:
     return out
 
 
+def unit_normalize(features: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """LPIPS's normalize_tensor: each position's feature vector divided by its norm + 1e-10.
+
+    vector_norm rather than sqrt(sum of squares): the same value, and a zero (not NaN) gradient where a
+    location's features are all zero.
+    """
+    return features / (torch.linalg.vector_norm(features, dim=dim, keepdim=True) + LPIPS_EPS)
+
+
 class LPIPS(FeatureMetric):
     """LPIPS v0.1 (Zhang et al. 2018) with a torchvision AlexNet or VGG16 backbone. Lower is better, 0 = identical.
 
@@ -498,9 +508,7 @@ class LPIPS(FeatureMetric):
         for f in self.backbone(h):
             if self.accumulate_dtype is not None:
                 f = f.to(self.accumulate_dtype)
-            # vector_norm rather than sqrt(sum of squares): the same value, and a zero (not NaN)
-            # gradient where a location's features are all zero.
-            out.append(f / (torch.linalg.vector_norm(f, dim=1, keepdim=True) + LPIPS_EPS))
+            out.append(unit_normalize(f))
         return out
 
     def layer_distances(self, dist_features: list[torch.Tensor], ref_features: list[torch.Tensor]) -> torch.Tensor:
@@ -567,6 +575,29 @@ def load_dists_alpha_beta(heads: HeadsSource = None) -> tuple[torch.Tensor, torc
     return out[0], out[1]
 
 
+def dists_terms(dist_features: list[torch.Tensor], ref_features: list[torch.Tensor],
+                c1: float = DISTS_C1, c2: float = DISTS_C2) -> tuple[torch.Tensor, torch.Tensor]:
+    """DISTS's per-channel terms over (B, C, H, W) maps, concatenated over the maps: l (mean) and s (structure).
+
+    l = (2 mu_x mu_y + c1) / (mu_x^2 + mu_y^2 + c1), s = (2 cov + c2) / (var_x + var_y + c2), statistics over
+    each channel's positions (population variances, cov = E[xy] - E[x]E[y], as the official code).
+    """
+    ls, ss = [], []
+    for fx, fy in zip(ref_features, dist_features, strict=True):
+        mx = fx.mean(dim=(2, 3), keepdim=True)
+        my = fy.mean(dim=(2, 3), keepdim=True)
+        vx = ((fx - mx) ** 2).mean(dim=(2, 3))
+        vy = ((fy - my) ** 2).mean(dim=(2, 3))
+        cov = (fx * fy).mean(dim=(2, 3)) - (mx * my).flatten(2).squeeze(2)
+        mx, my = mx.flatten(1), my.flatten(1)
+        l_term = (2 * mx * my + c1) / (mx**2 + my**2 + c1)
+        s_term = (2 * cov + c2) / (vx + vy + c2)
+        batch = max(l_term.shape[0], s_term.shape[0])
+        ls.append(l_term.expand(batch, -1))
+        ss.append(s_term.expand(batch, -1))
+    return torch.cat(ls, dim=1), torch.cat(ss, dim=1)
+
+
 @register_metric("dists", description="DISTS (TPAMI 2020): structure and texture similarity of L2-pooled "
                  "VGG16 features, official alpha/beta")
 class DISTS(FeatureMetric):
@@ -611,20 +642,7 @@ class DISTS(FeatureMetric):
     def similarity_terms(self, dist_features: list[torch.Tensor],
                          ref_features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel structure-of-means l (B, 1475) and texture s (B, 1475) terms of every feature set."""
-        ls, ss = [], []
-        for fx, fy in zip(ref_features, dist_features, strict=True):
-            mx = fx.mean(dim=(2, 3), keepdim=True)
-            my = fy.mean(dim=(2, 3), keepdim=True)
-            vx = ((fx - mx) ** 2).mean(dim=(2, 3))
-            vy = ((fy - my) ** 2).mean(dim=(2, 3))
-            cov = (fx * fy).mean(dim=(2, 3)) - (mx * my).flatten(2).squeeze(2)
-            mx, my = mx.flatten(1), my.flatten(1)
-            l_term = (2 * mx * my + DISTS_C1) / (mx**2 + my**2 + DISTS_C1)
-            s_term = (2 * cov + DISTS_C2) / (vx + vy + DISTS_C2)
-            batch = max(l_term.shape[0], s_term.shape[0])
-            ls.append(l_term.expand(batch, -1))
-            ss.append(s_term.expand(batch, -1))
-        return torch.cat(ls, dim=1), torch.cat(ss, dim=1)
+        return dists_terms(dist_features, ref_features)
 
     def compare(self, dist_features: list[torch.Tensor], ref_features: list[torch.Tensor]) -> torch.Tensor:
         l_term, s_term = self.similarity_terms(dist_features, ref_features)

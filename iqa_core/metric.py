@@ -8,7 +8,6 @@ paper it comes from and whether dist and ref must have the same size.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -16,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from iqa_core.registry import Registry
 from iqa_core.validation import check_pair
 
 __all__ = ["Metric", "FeatureMetric", "MetricInfo", "register_metric", "create_metric", "list_metrics",
@@ -23,7 +23,7 @@ __all__ = ["Metric", "FeatureMetric", "MetricInfo", "register_metric", "create_m
 
 #: Paper packages that register metrics when imported (they depend on iqa_core, not the reverse,
 #: so the registry imports them by name on first use).
-METRIC_PACKAGES = ("iqa_core.baselines", "deepssim", "distribution_measures", "zs_iqa")
+METRIC_PACKAGES = ("iqa_core.baselines", "iqa_core.deep_features", "deepssim", "distribution_measures", "zs_iqa")
 
 
 class Metric(nn.Module):
@@ -104,44 +104,28 @@ class MetricInfo:
     defaults: dict[str, Any] = field(default_factory=dict)
 
 
-_REGISTRY: dict[str, MetricInfo] = {}
-_plugins_loaded = False
+_REGISTRY: Registry[MetricInfo] = Registry("metric", METRIC_PACKAGES)
 
 
 def register_metric(name: str, description: str = "", **defaults: Any) -> Callable[[type], type]:
     """Class decorator: register ``cls`` under ``name``; ``defaults`` are constructor arguments."""
 
     def decorate(cls: type) -> type:
-        if name in _REGISTRY and _REGISTRY[name].factory is not cls:
-            raise ValueError(f"metric name {name!r} is registered twice")
         doc = description or (cls.__doc__ or "").strip().splitlines()[0]
-        _REGISTRY[name] = MetricInfo(name, cls, cls.higher_is_better, cls.paper, cls.requires_same_size,
-                                     doc, dict(defaults))
+        _REGISTRY.add(name, MetricInfo(name, cls, cls.higher_is_better, cls.paper, cls.requires_same_size,
+                                       doc, dict(defaults)))
         return cls
 
     return decorate
 
 
-def _load_plugins() -> None:
-    global _plugins_loaded
-    if not _plugins_loaded:
-        for package in METRIC_PACKAGES:
-            importlib.import_module(package)
-        _plugins_loaded = True
-
-
 def list_metrics() -> list[str]:
     """Names of every registered metric, sorted."""
-    _load_plugins()
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def metric_info(name: str) -> MetricInfo:
-    _load_plugins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown metric {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
+    return _REGISTRY.get(name)
 
 
 def create_metric(name: str, **kwargs: Any) -> Metric:

@@ -1,0 +1,5 @@
+import sys
+
+from zs_iqa.cli import main
+
+sys.exit(main())
