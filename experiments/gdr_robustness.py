@@ -29,8 +29,8 @@ severity) and the CSVs behind every figure.
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from iqa_core import FeatureMetric, IQAInputError, list_metrics, load_image  # noqa: E402
 from iqa_core.distortions import distort  # noqa: E402
 from iqa_core.metric import create_available_metrics  # noqa: E402
+from iqa_core.resumable_csv import ResumableCSV  # noqa: E402
 from iqa_core.samples import load_samples  # noqa: E402
 from iqa_core.transforms import GEOMETRIC_TRANSFORMS, apply_transform  # noqa: E402
 
@@ -114,35 +115,23 @@ def transformed_batch(dist: torch.Tensor, grid: list[tuple[str, float]], args: a
                       for t, s in grid]).clamp(0, 1)
 
 
-class ScoreCache:
-    """scores.csv, appended row by row; rows already present are never recomputed."""
+class ScoreCache(ResumableCSV):
+    """scores.csv, appended row by row; rows already present are never recomputed, a row cut short by a kill
+    is scored again (iqa_core.resumable_csv). Levels are written as integers and severities with ``:g``."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.done: set[tuple] = set()
-        if path.is_file():
-            with path.open(newline="") as fh:
-                for row in csv.DictReader(fh):
-                    if row.get("score") not in (None, ""):
-                        self.done.add(self.key(row))
-        self.fh = path.open("a", newline="")
-        self.writer = csv.writer(self.fh)
-        if path.stat().st_size == 0:
-            self.writer.writerow([*KEY, "score"])
+        super().__init__(path, [*KEY, "score"], KEY)
 
     @staticmethod
-    def key(row: dict) -> tuple:
-        return (row["metric"], row["image"], row["distortion"], str(int(float(row["level"]))), row["transform"],
-                f"{float(row['severity']):g}")
+    def _normalised(values: Sequence) -> list:
+        metric, image, distortion, level, transform, severity = values
+        return [metric, image, distortion, int(level), transform, f"{float(severity):g}"]
 
     def has(self, *values) -> bool:
-        return self.key(dict(zip(KEY, values, strict=True))) in self.done
+        return self._normalised(values) in self
 
     def add(self, values: list, score: float) -> None:
-        self.writer.writerow([*values, repr(score)])
-
-    def flush(self) -> None:
-        self.fh.flush()
+        super().add([*self._normalised(values), repr(score)])
 
 
 def score_group(metric, ref: torch.Tensor, batch: torch.Tensor, ref_cache: dict, image: str) -> list[float]:
@@ -330,8 +319,8 @@ def main(argv: list[str] | None = None) -> int:
         labels, dataset = run_dataset(args, metrics, cache)
     else:
         run_samples(args, metrics, cache)
-    cache.fh.close()
-    scores = pd.read_csv(out / "scores.csv")
+    cache.close()
+    scores = pd.read_csv(out / "scores.csv").drop_duplicates(KEY, keep="last")  # a resumed group may repeat rows
     scores = scores[scores.metric.isin(metrics)].drop_duplicates(KEY, keep="last")
     if args.dataset:
         summary = summarise_dataset(scores, labels, dataset, metrics)

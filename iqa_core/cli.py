@@ -18,6 +18,7 @@ import torch
 
 from iqa_core.io import ImageReadError, load_image, load_map
 from iqa_core.metric import FeatureMetric, Metric, create_metric, list_metrics, metric_info
+from iqa_core.resumable_csv import ResumableCSV
 from iqa_core.validation import IQAInputError
 from iqa_core.weights import WeightsNotFoundError
 
@@ -102,16 +103,7 @@ def _loss_or_none(metric: Metric, dist: torch.Tensor, ref: torch.Tensor, kwargs:
         return None
 
 
-def _done_keys(out: Path, metric: str) -> set[tuple[str, str]]:
-    if not out.is_file():
-        return set()
-    with out.open(newline="") as fh:
-        return {(row["ref"], row["dist"]) for row in csv.DictReader(fh) if row.get("metric") == metric}
-
-
 def cmd_batch(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     pairs_path = Path(args.pairs)
     root = Path(args.root) if args.root else pairs_path.parent
     with pairs_path.open(newline="") as fh:
@@ -119,34 +111,33 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if rows and not {"ref", "dist"} <= set(rows[0]):
         raise ValueError(f"{pairs_path}: needs columns 'ref' and 'dist', found {list(rows[0])}")
     out = Path(args.out)
-    done = _done_keys(out, args.metric)
-    todo = [row for row in rows if (row["ref"], row["dist"]) not in done]
-    print(f"{len(rows)} pairs, {len(rows) - len(todo)} already in {out}, {len(todo)} to score", file=sys.stderr)
-    if not todo:
-        return 0
-    metric = _build_metric(args)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    new_file = not out.is_file() or out.stat().st_size == 0
-    ref_cache: dict[tuple[str, str], object] = {}
-    with out.open("a", newline="") as fh:
-        writer = csv.writer(fh)
-        if new_file:
-            writer.writerow(["metric", "ref", "dist", "score"])
-        for row in tqdm(todo, desc=args.metric, unit="pair"):
-            kwargs = _saliency_kwargs(_path(root, row.get("saliency_ref")), _path(root, row.get("saliency_dist")))
-            dist = load_image(root / row["dist"])
-            with torch.no_grad():
-                if isinstance(metric, FeatureMetric) and not kwargs:
-                    key = (row["ref"], "")
-                    if key not in ref_cache:  # reference features computed once per reference image
-                        ref_cache.clear()
-                        ref_cache[key] = metric.reference_features(load_image(root / row["ref"]))
-                    value = metric.score_against(dist, ref_cache[key])
-                else:
-                    value = metric(dist, load_image(root / row["ref"]), **kwargs)
-            writer.writerow([args.metric, row["ref"], row["dist"], repr(float(value[0]))])
-            fh.flush()
+    with ResumableCSV(out, ["metric", "ref", "dist", "score"], ["metric", "ref", "dist"]) as cache:
+        todo = [row for row in rows if (args.metric, row["ref"], row["dist"]) not in cache]
+        print(f"{len(rows)} pairs, {len(rows) - len(todo)} already in {out}, {len(todo)} to score", file=sys.stderr)
+        if todo:
+            _score_rows(_build_metric(args), todo, root, cache, args.metric)
     return 0
+
+
+def _score_rows(metric: Metric, todo: list[dict[str, str]], root: Path, cache: ResumableCSV, name: str) -> None:
+    """Score the rows in order, appending each to ``cache`` at once; a reference's features are computed once
+    for consecutive rows that share it."""
+    from tqdm import tqdm
+
+    ref_cache: dict[str, object] = {}
+    for row in tqdm(todo, desc=name, unit="pair"):
+        kwargs = _saliency_kwargs(_path(root, row.get("saliency_ref")), _path(root, row.get("saliency_dist")))
+        dist = load_image(root / row["dist"])
+        with torch.no_grad():
+            if isinstance(metric, FeatureMetric) and not kwargs:
+                if row["ref"] not in ref_cache:
+                    ref_cache.clear()
+                    ref_cache[row["ref"]] = metric.reference_features(load_image(root / row["ref"]))
+                value = metric.score_against(dist, ref_cache[row["ref"]])
+            else:
+                value = metric(dist, load_image(root / row["ref"]), **kwargs)
+        cache.add([name, row["ref"], row["dist"], repr(float(value[0]))])
+        cache.flush()
 
 
 def _path(root: Path, value: str | None) -> str | None:

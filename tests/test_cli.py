@@ -50,6 +50,12 @@ def test_batch_scores_pairs_and_resumes(tmp_path, example_dir, capsys):
         single = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["score"]
         assert float(row["score"]) == pytest.approx(single, rel=1e-6)
 
+    # A run killed while writing leaves a row cut short: it is not trusted but scored again.
+    text = out.read_text()
+    out.write_text(text[: text.rindex(",") + 4])  # the last score cut to 2 digits, no newline
+    assert main(["batch", "--pairs", str(small), "--root", str(example_dir), "--out", str(out), *ROOT_ARGS]) == 0
+    assert _rows(out) == rows
+
 
 def test_errors_exit_2_with_a_message(tmp_path, example_dir, capsys):
     bad = tmp_path / "bad.png"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "gdr_robustness.py"
+KEY = ["metric", "image", "distortion", "level", "transform", "severity"]
 METRICS = ["psnr", "ssim", "deepssim"]
 TRANSFORMS = ["translation", "scale", "rotation", "perspective", "elastic"]
 
@@ -42,9 +43,18 @@ def test_quick_outputs_and_resume(tmp_path):
     assert "to score" in first.stdout
 
     before = (out / "scores.csv").read_bytes()
+    summary_bytes = (out / "summary.csv").read_bytes()
     second = _run(out)
     assert "0 groups of 11 to score" in second.stdout
     assert (out / "scores.csv").read_bytes() == before
+
+    # A kill while writing leaves the last row cut short: that row is scored again, nothing else.
+    (out / "scores.csv").write_bytes(before[: before.rindex(b",") + 4])
+    third = _run(out)
+    assert "1 groups of 11 to score" in third.stdout
+    again = pd.read_csv(out / "scores.csv").drop_duplicates(KEY, keep="last")
+    pd.testing.assert_frame_equal(again.sort_values(KEY, ignore_index=True), scores.sort_values(KEY, ignore_index=True))
+    assert (out / "summary.csv").read_bytes() == summary_bytes
 
 
 def test_dataset_mode_on_a_fixture(tmp_path):
