@@ -129,6 +129,7 @@ class TapGrid(nn.Module):
     """Every (tap, comparator) cell of one backbone, each tap compared on its own, from ONE backbone pass per image.
 
     ``grid.tap_outputs(x)`` runs the backbone (per window) once; ``grid.score_outputs(dist_outs, ref_outs)``
+    (or ``grid.score_prepared(dist_outs, grid.prepare(ref_outs))``, the reference prepared once for many pairs)
     returns ``{(tap, comparator): (B,) scores}``, equal to ``DeepFeatureMetric(backbone, comparator, taps=[tap])``
     for each cell. Cells a comparator cannot score (e.g. LPIPS heads on a tap that has none) are left out and
     listed in ``grid.skipped`` with the reason.
@@ -162,15 +163,46 @@ class TapGrid(nn.Module):
         outs = windowed_taps(self.backbone, x, self.tap_names, self.stride, self.windows_per_pass)
         return [dict(zip(self.tap_names, window, strict=True)) for window in outs]
 
+    def prepare(self, outs: list[dict[str, torch.Tensor]], errors: dict[tuple[str, str], str] | None = None
+                ) -> dict[tuple[str, str], list[Any]]:
+        """Each cell's comparator ``prepare`` of one image's taps (per window), reusable for many pairs.
+
+        With ``errors`` (a dict), a cell whose comparator refuses the taps (:class:`IQAInputError`, e.g. a tap too
+        small for the distribution measures' 8x8 windows) is left out and its reason stored there; without, it
+        raises."""
+        prepared = {}
+        for cell, comparator in self.cells.items():
+            try:
+                prepared[cell] = [comparator.prepare([window[cell[0]]]) for window in outs]
+            except IQAInputError as err:
+                if errors is None:
+                    raise
+                errors[cell] = str(err).splitlines()[0]
+        return prepared
+
+    def score_prepared(self, dist_outs: list[dict[str, torch.Tensor]], ref_prepared: dict[tuple[str, str], list[Any]],
+                       errors: dict[tuple[str, str], str] | None = None) -> dict[tuple[str, str], torch.Tensor]:
+        """``{cell: (B,) scores}`` of distorted taps against a reference prepared once (:meth:`prepare`); only the
+        cells in ``ref_prepared`` are scored, ``errors`` as in :meth:`prepare`."""
+        scores = {}
+        for cell, refs in ref_prepared.items():
+            comparator = self.cells[cell]
+            if len(refs) != len(dist_outs):
+                raise IQAInputError("the two images give different numbers of windows; use images of the same size")
+            try:
+                per_window = [comparator.compare(comparator.prepare([d[cell[0]]]), r)
+                              for d, r in zip(dist_outs, refs, strict=True)]
+            except IQAInputError as err:
+                if errors is None:
+                    raise
+                errors[cell] = str(err).splitlines()[0]
+                continue
+            scores[cell] = torch.stack(per_window).mean(0)
+        return scores
+
     def score_outputs(self, dist_outs: list[dict[str, torch.Tensor]], ref_outs: list[dict[str, torch.Tensor]]
                       ) -> dict[tuple[str, str], torch.Tensor]:
-        if len(dist_outs) != len(ref_outs):
-            raise IQAInputError("the two images give different numbers of windows; use images of the same size")
-        scores = {}
-        for (tap, _), comparator in self.cells.items():
-            per_window = [comparator([d[tap]], [r[tap]]) for d, r in zip(dist_outs, ref_outs, strict=True)]
-            scores[(tap, comparator.name)] = torch.stack(per_window).mean(0)
-        return scores
+        return self.score_prepared(dist_outs, self.prepare(ref_outs))
 
     def forward(self, dist: torch.Tensor, ref: torch.Tensor) -> dict[tuple[str, str], torch.Tensor]:
         return self.score_outputs(self.tap_outputs(dist), self.tap_outputs(ref))

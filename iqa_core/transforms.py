@@ -59,6 +59,7 @@ __all__ = [
     "zs_iqa_perturb",
     "zs_iqa_load_pair",
     "translate",
+    "translate_pixels",
     "scale",
     "rotate",
     "perspective",
@@ -220,6 +221,31 @@ def translate(x: torch.Tensor, severity: float, *, border: str = "reflect") -> t
     if severity == 0:
         return x.clone()
     return _translate(x, severity, border)[0]
+
+
+def translate_pixels(x: torch.Tensor, pixels: int, *, border: str = "reflect") -> torch.Tensor:
+    """Horizontal translation by a whole number of ``pixels`` (no interpolation).
+
+    The pixel-count counterpart of :func:`translate` (whose severity is a % of the width), for misalignments
+    of a few pixels whatever the image size: positive ``pixels`` moves the content left (output column ``j``
+    shows input column ``j + pixels``), negative moves it right. Border as in :func:`translate`:
+    ``"reflect"`` mirrors the frame into the uncovered strip, ``"zeros"`` leaves it black, ``"crop"`` drops
+    it (output width ``W - |pixels|``).
+    """
+    _check(x, border)
+    shift = int(pixels)
+    if shift != pixels:
+        raise ValueError(f"pixels must be a whole number, got {pixels!r}")
+    height, width = x.shape[-2:]
+    if abs(shift) >= width:
+        raise ValueError(f"a shift of {shift} px moves the whole {width}-px-wide image out of frame")
+    if shift == 0:
+        return x.clone()
+    start = max(shift, 0)
+    if border == "crop":
+        return tvf.crop(x, 0, start, height, width - abs(shift))
+    padding = [0, 0, shift, 0] if shift > 0 else [-shift, 0, 0, 0]  # left, top, right, bottom
+    return _pad(x, padding, border)[..., :, start : start + width]
 
 
 def _base_grid(height: int, width: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -51,3 +51,30 @@ def test_gdr_robustness_notebook():
     assert result["rows"] == len(result["metrics"]) * 5 * len(result["severities"])
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 2
+
+
+def test_dps_analysis_notebook():
+    nb = run_notebook("dps_analysis.ipynb")
+    result = json.loads(last_stdout(nb))
+    assert result["columns"] == ["backbone", "tap", "comparator", "accuracy", "robustness", "monotonicity",
+                                 "cost_ms", "merit"]
+    assert result["cells"] > 0 and result["ranking_sorted"] and result["factors_in_range"]
+    assert result["hf_images"] >= 2 and len(result["best"]) == 3
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 4  # the merit heatmaps, top-1 scatter, HF scatter, outlier gallery
+
+
+def test_zs_iqa_notebook():
+    nb = run_notebook("zs_iqa.ipynb")
+    result = json.loads(last_stdout(nb))
+    scores = result["zs-vgg16-l2"]
+    assert scores["I47_03_05.png"] > scores["I47_22_02.png"] > 0  # DMOS 1.70 is farther from I47 than DMOS 4.39
+    assert result["cli"] == pytest.approx(scores["I47_03_05.png"], rel=1e-6)  # python -m zs_iqa = the API
+    assert result["windows"] == 6  # 3 x 2 windows of 224 on 512 x 384
+    assert result["foundation"]["status"] in ("real weights", "random weights (plumbing only)", "not registered")
+    perturbed = result["perturbed"]
+    assert set(perturbed) == {"none", "tra", "sca", "rot"}
+    assert all(perturbed[k] > perturbed["none"] for k in ("tra", "sca", "rot"))  # misalignment adds distance
+    assert result["layer_rows"] > 0 and "alexnet" in result["layer_backbones"]
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 3  # windows, perturbations, per-tap curves
