@@ -236,6 +236,14 @@ class DistributionMeasure(FeatureMetric):
         """(B, 64, L) columns of the two images -> (B,) mean per-column value of one tap."""
         return tap_distance(mx, my, self.variant, self.wasserstein)
 
+    def column_distance(self, mx: torch.Tensor, my: torch.Tensor) -> torch.Tensor:
+        """(B, 64, L) -> (B, L): this variant's distance of each pair of columns (no L2 term)."""
+        return column_distance(mx, my, self.variant, self.wasserstein)
+
+    def wsd_weights(self, m: torch.Tensor) -> torch.Tensor:
+        """The masses this variant's WSD puts on the 64 grid atoms of each column."""
+        return wsd_weights(m, self.variant)
+
     def compare(self, dist_features: list[torch.Tensor], ref_features: list[torch.Tensor]) -> torch.Tensor:
         raw = self.raw_distance(dist_features, ref_features)
         return raw if self.as_loss else torch.log(raw + 1) ** 0.25
