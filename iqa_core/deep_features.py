@@ -18,7 +18,7 @@ from torch import nn
 
 from iqa_core.backbones import TapBackbone, create_backbone
 from iqa_core.comparators import Comparator, comparator_info, create_comparator
-from iqa_core.metric import FeatureMetric, register_metric
+from iqa_core.metric import FeatureMetric
 from iqa_core.validation import IQAInputError
 from iqa_core.weights import WeightsSource
 
@@ -115,14 +115,6 @@ class DeepFeatureMetric(FeatureMetric):
     def loss(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         value = self(dist, ref)
         return 1 - value if self.higher_is_better else value
-
-
-@register_metric("deep-features", description="any registered backbone x any comparator (arguments backbone=, "
-                 "comparator=, taps=)")
-class GenericDeepFeatureMetric(DeepFeatureMetric):
-    """``create_metric("deep-features", backbone="vgg16", comparator="wsd", taps=["relu3_3"])``."""
-
-    name = "deep-features"
 
 
 class TapGrid(nn.Module):

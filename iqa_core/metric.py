@@ -23,7 +23,7 @@ __all__ = ["Metric", "FeatureMetric", "MetricInfo", "register_metric", "create_m
 
 #: Paper packages that register metrics when imported (they depend on iqa_core, not the reverse,
 #: so the registry imports them by name on first use).
-METRIC_PACKAGES = ("iqa_core.baselines", "iqa_core.deep_features", "deepssim", "distribution_measures", "zs_iqa")
+METRIC_PACKAGES = ("iqa_core.baselines", "deepssim", "distribution_measures", "zs_iqa")
 
 
 class Metric(nn.Module):

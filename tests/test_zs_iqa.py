@@ -163,7 +163,7 @@ def test_registry_names() -> None:
             assert f"zs-{backbone}-{distance}" in names
     for backbone in EMBEDDING_BACKBONES:
         assert f"zs-embed-{backbone}-cos" in names
-    assert {"zs-dinov1-l2", "zs-clip-vitb32-wsd", "zs-embed-clip-vitb32-cos", "deep-features"} <= names
+    assert {"zs-dinov1-l2", "zs-clip-vitb32-wsd", "zs-embed-clip-vitb32-cos"} <= names
     assert set(DISTANCES) | {"gram-ssim", "deepwsd", "lpips", "unit-l2", "cos-channel",
                              "dists-uniform"} <= set(list_comparators())
 
@@ -270,7 +270,7 @@ def test_tap_grid_cells_equal_single_tap_metrics(kadid_pair) -> None:
 
 def test_generic_metric_and_image_tap(kadid_pair) -> None:
     dist, ref = kadid_pair
-    metric = create_metric("deep-features", backbone="alexnet", comparator="cos-channel", taps=["relu2"])
+    metric = DeepFeatureMetric("alexnet", "cos-channel", taps=["relu2"])
     assert metric.tap_names == ["relu2"] and not metric.higher_is_better
     assert create_backbone("vgg16").default_taps[0] == "relu1_2"  # "image" is asked for explicitly
     image_only = DeepFeatureMetric(create_backbone("alexnet", normalize=False), "l2", taps=["image"])
