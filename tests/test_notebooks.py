@@ -78,3 +78,14 @@ def test_zs_iqa_notebook():
     assert result["layer_rows"] > 0 and "alexnet" in result["layer_backbones"]
     images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
     assert len(images) == 3  # windows, perturbations, per-tap curves
+
+
+def test_train_restoration_notebook(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRAIN_RESTORATION_OUT", str(tmp_path / "sr4"))  # always the quick run, into a temp folder
+    nb = run_notebook("train_restoration.ipynb")
+    result = json.loads(last_stdout(nb))
+    assert result["rows"] == 10 and len(result["losses"]) == 9
+    assert {"psnr", "l1", "ssim", "lpips-vgg", "dists", "deepssim", "deepwsd-vgg16"} <= set(result["metrics"])
+    assert result["finite"]
+    images = [o for c in nb.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 2  # the crops and the loss curves

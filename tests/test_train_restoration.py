@@ -1,0 +1,168 @@
+"""experiments/train_restoration.py: quick runs of both tasks (every loss decreases, every output written with real
+numbers), identical patch streams, resume without retraining, an interrupted run that resumes exactly, and losses
+skipped with a visible reason."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from experiments import train_restoration as tr
+
+QUICK_METRICS = ["l1", *tr.QUICK_EVAL_METRICS]
+
+
+def run(*argv: str) -> str:
+    """Run the script in this process (no interpreter start-up); return what it printed."""
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert tr.main(list(argv)) == 0
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module", params=["sr4", "denoise"])
+def quick_run(request, tmp_path_factory) -> tuple[str, Path, str]:
+    out = tmp_path_factory.mktemp(f"train_{request.param}")
+    stdout = run("--task", request.param, "--quick", "--out", str(out), "--device", "cpu")
+    return request.param, out, stdout
+
+
+def test_quick_outputs_hold_real_numbers(quick_run):
+    task, out, stdout = quick_run
+    table = pd.read_csv(out / "metrics.csv")
+    assert list(table.training_loss) == [tr.TASKS[task].baseline_label, *tr.LOSSES]
+    assert list(table.kind) == ["baseline"] + ["trained"] * len(tr.LOSSES)
+    assert set(QUICK_METRICS) <= set(table.columns)
+    assert np.isfinite(table[QUICK_METRICS].to_numpy(float)).all()
+    assert (table.steps[1:] == 32).all()
+    markdown = (out / "metrics.md").read_text()
+    assert "psnr ↑" in markdown and "lpips-vgg ↓" in markdown and "deepssim ↑" in markdown
+    own = pd.read_csv(out / "own_loss.csv")
+    assert list(own.training_loss) == list(tr.LOSSES)
+    assert np.isfinite(own[["baseline_loss", "trained_loss"]].to_numpy(float)).all()
+    for name in ("loss_curves.png", "crops.png", "loss_curves.csv", "monitor.csv", "crops.csv", "scores.csv"):
+        assert (out / name).stat().st_size > 0, name
+    assert sorted(p.name for p in (out / "checkpoints").glob("*.pt")) == sorted(
+        tr.checkpoint_path(out, loss).name for loss in tr.LOSSES)
+    assert pd.read_csv(out / "skipped.csv").query("kind == 'training loss'").empty
+    assert "| deepssim-lite+l1 |" in stdout  # the table is printed at the end
+
+
+def test_every_loss_decreases(quick_run):
+    _, out, _ = quick_run
+    curves = pd.read_csv(out / "loss_curves.csv")
+    monitor = pd.read_csv(out / "monitor.csv")
+    for loss in tr.LOSSES:
+        values = curves[curves.loss == loss].sort_values("step").train_loss.to_numpy()
+        assert len(values) == 32
+        quarter = len(values) // 4
+        assert values[-quarter:].mean() < values[:quarter].mean(), loss
+        fixed = monitor[monitor.loss == loss].sort_values("step").monitor_loss.to_numpy()
+        assert fixed[-1] < fixed[0], loss  # the loss on the fixed batch, from step 0 (the baseline) to the end
+
+
+def test_every_loss_sees_the_same_patches(quick_run):
+    _, out, _ = quick_run
+    curves = pd.read_csv(out / "loss_curves.csv")
+    checksums = curves.pivot(index="step", columns="loss", values="batch_checksum")
+    assert checksums.shape == (32, len(tr.LOSSES))
+    assert (checksums.nunique(axis=1) == 1).all()
+    assert checksums.iloc[:, 0].nunique() == 4  # --quick cycles through a pool of 4 batches
+
+
+def test_rerun_retrains_nothing(quick_run):
+    task, out, _ = quick_run
+    if task != "sr4":
+        pytest.skip("resuming does not depend on the task; once is enough")
+    checkpoints = {p.name: p.read_bytes() for p in (out / "checkpoints").glob("*.pt")}
+    scores = (out / "scores.csv").read_bytes()
+    stdout = run("--task", task, "--quick", "--out", str(out), "--device", "cpu")
+    for loss in tr.LOSSES:
+        assert f"{loss}: finished (32 steps)" in stdout and "not retrained" in stdout
+    assert "resuming" not in stdout
+    assert {p.name: p.read_bytes() for p in (out / "checkpoints").glob("*.pt")} == checkpoints
+    assert (out / "scores.csv").read_bytes() == scores  # every score came from the cache
+
+
+def test_patch_stream_is_seeded_and_order_free():
+    args = tr.parse_args(["--task", "denoise", "--quick"])
+    folder = tr.training_images(args)
+    task = tr.TASKS["denoise"]
+    later = tr.training_pair(task, folder, args, 5)
+    first = tr.training_pair(task, folder, args, 1)
+    assert all(torch.equal(a, b) for a, b in zip(tr.training_pair(task, folder, args, 1), first, strict=True))
+    assert all(torch.equal(a, b) for a, b in zip(tr.training_pair(task, folder, args, 5), later, strict=True))
+    noise = first[0] - first[1]
+    assert 0.07 < float(noise.std()) < 0.11  # sigma 25/255 = 0.098, a little less after clipping
+    other_seed = tr.training_pair(task, folder, tr.parse_args(["--task", "denoise", "--quick", "--seed", "1"]), 1)
+    assert not torch.equal(other_seed[1], first[1])
+    lr, hr = tr.training_pair(tr.TASKS["sr4"], folder, tr.parse_args(["--task", "sr4", "--quick"]), 1)
+    assert hr.shape == (2, 3, 96, 96) and lr.shape == (2, 3, 24, 24)
+
+
+def test_networks_start_at_the_baseline():
+    lr = torch.rand(1, 3, 20, 24)
+    for task, degraded in ((tr.TASKS["sr4"], lr), (tr.TASKS["denoise"], torch.rand(1, 3, 40, 40))):
+        net = task.network()
+        assert torch.allclose(net(degraded), task.baseline(degraded), atol=1e-6)
+
+
+def test_interrupted_run_resumes_exactly(tmp_path):
+    common = ["--task", "sr4", "--quick", "--losses", "l1", "--eval-metrics", "psnr", "--device", "cpu"]
+    straight = run(*common, "--out", str(tmp_path / "straight"))
+    assert "finished" not in straight
+    first = run(*common, "--out", str(tmp_path / "split"), "--stop-after", "12")
+    assert "stopped before the end" in first and not (tmp_path / "split" / "metrics.csv").exists()
+    second = run(*common, "--out", str(tmp_path / "split"))
+    assert "l1: resuming from step 12" in second
+    a = torch.load(tr.checkpoint_path(tmp_path / "straight", "l1"), weights_only=False)
+    b = torch.load(tr.checkpoint_path(tmp_path / "split", "l1"), weights_only=False)
+    assert [h[0] for h in b["history"]] == list(range(32))  # every step once
+    assert [h[1] for h in b["history"]] == pytest.approx([h[1] for h in a["history"]], rel=1e-5)
+    for key, value in a["model"].items():
+        assert torch.allclose(value, b["model"][key], atol=1e-6), key
+
+
+def test_unusable_losses_are_skipped_visibly(tmp_path, monkeypatch):
+    empty = tmp_path / "no_weights"
+    empty.mkdir()
+    monkeypatch.setenv("IQA_WEIGHTS_DIR", str(empty))
+    monkeypatch.setenv("TORCH_HOME", str(empty))
+    monkeypatch.setenv("IQA_NO_DOWNLOAD", "1")
+    out = tmp_path / "run"
+    stdout = run("--task", "denoise", "--quick", "--steps", "8", "--losses", "l1,lpips-vgg,deepssim-lite+l1",
+                 "--eval-metrics", "psnr,dists", "--out", str(out), "--device", "cpu")
+    assert "skipped training loss lpips-vgg: weights not found" in stdout
+    assert "skipped training loss deepssim-lite+l1: weights not found" in stdout
+    assert "skipped evaluation metric dists" in stdout
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert set(zip(skipped.kind, skipped.name, strict=True)) == {
+        ("training loss", "lpips-vgg"), ("training loss", "deepssim-lite+l1"), ("evaluation metric", "dists")}
+    assert "Skipped:" in (out / "metrics.md").read_text() and "`lpips-vgg`" in (out / "metrics.md").read_text()
+    assert list(pd.read_csv(out / "metrics.csv").training_loss) == ["noisy input", "l1"]
+
+
+def test_non_differentiable_loss_is_refused():
+    args = tr.parse_args(["--task", "sr4", "--quick"])
+    task = tr.TASKS["sr4"]
+    batch = tr.training_pair(task, tr.training_images(args), args, 0)
+    tr.check_loss(tr.PIXEL_LOSSES["l1"], *batch, task, torch.device("cpu"))
+    with pytest.raises(tr.Skipped, match="not differentiable"):
+        tr.check_loss(lambda x, y: (x.detach() - y).abs().mean(dim=(1, 2, 3)), *batch, task, torch.device("cpu"))
+    with pytest.raises(tr.Skipped, match="one loss per image"):
+        tr.check_loss(lambda x, y: (x - y).abs().mean(), *batch, task, torch.device("cpu"))
+
+
+def test_learning_rate_schedule():
+    args = tr.parse_args(["--task", "sr4", "--steps", "100", "--warmup", "10"])
+    rates = [tr.lr_at(s, args) for s in range(100)]
+    assert rates[0] == pytest.approx(args.lr / 10) and rates[9] == pytest.approx(args.lr)
+    assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False))
+    assert math.isclose(tr.lr_at(100, args), 0.01 * args.lr, rel_tol=1e-9)
