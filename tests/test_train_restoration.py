@@ -145,7 +145,8 @@ def test_unusable_losses_are_skipped_visibly(tmp_path, monkeypatch):
     skipped = pd.read_csv(out / "skipped.csv")
     assert set(zip(skipped.kind, skipped.name, strict=True)) == {
         ("training loss", "lpips-vgg"), ("training loss", "deepssim-lite+l1"), ("evaluation metric", "dists")}
-    assert "Skipped:" in (out / "metrics.md").read_text() and "`lpips-vgg`" in (out / "metrics.md").read_text()
+    markdown = (out / "metrics.md").read_text()
+    assert "Skipped" in markdown and "training loss `lpips-vgg`: weights not found" in markdown
     assert list(pd.read_csv(out / "metrics.csv").training_loss) == ["noisy input", "l1"]
 
 
