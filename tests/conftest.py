@@ -63,3 +63,26 @@ def deepssim_sc_metric():
     from deepssim import DeepSSIMSC
 
     return DeepSSIMSC().eval()
+
+
+@pytest.fixture(scope="session")
+def train_restoration_quick(tmp_path_factory):
+    """``get(task) -> (out, stdout)``: one quick run of experiments/train_restoration.py per task and session,
+    shared by the script's tests and the notebook's (training the nine losses is the slow part)."""
+    import contextlib
+    import io
+
+    from experiments import train_restoration
+
+    runs: dict[str, tuple[Path, str]] = {}
+
+    def get(task: str) -> tuple[Path, str]:
+        if task not in runs:
+            out = tmp_path_factory.mktemp(f"train_{task}")
+            buffer = io.StringIO()
+            with contextlib.redirect_stdout(buffer):
+                assert train_restoration.main(["--task", task, "--quick", "--out", str(out), "--device", "cpu"]) == 0
+            runs[task] = (out, buffer.getvalue())
+        return runs[task]
+
+    return get

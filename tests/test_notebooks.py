@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import nbformat
@@ -80,8 +81,11 @@ def test_zs_iqa_notebook():
     assert len(images) == 3  # windows, perturbations, per-tap curves
 
 
-def test_train_restoration_notebook(tmp_path, monkeypatch):
-    monkeypatch.setenv("TRAIN_RESTORATION_OUT", str(tmp_path / "sr4"))  # always the quick run, into a temp folder
+def test_train_restoration_notebook(tmp_path, monkeypatch, train_restoration_quick):
+    # Always the quick run, in a temp folder; a copy of the session's quick run, so the notebook's call of the script
+    # resumes it (nothing retrained: tests/test_train_restoration.py checks that) instead of training nine nets again.
+    shutil.copytree(train_restoration_quick("sr4")[0], tmp_path / "sr4")
+    monkeypatch.setenv("TRAIN_RESTORATION_OUT", str(tmp_path / "sr4"))
     nb = run_notebook("train_restoration.ipynb")
     result = json.loads(last_stdout(nb))
     assert result["rows"] == 10 and len(result["losses"]) == 9

@@ -28,10 +28,8 @@ def run(*argv: str) -> str:
 
 
 @pytest.fixture(scope="module", params=["sr4", "denoise"])
-def quick_run(request, tmp_path_factory) -> tuple[str, Path, str]:
-    out = tmp_path_factory.mktemp(f"train_{request.param}")
-    stdout = run("--task", request.param, "--quick", "--out", str(out), "--device", "cpu")
-    return request.param, out, stdout
+def quick_run(request, train_restoration_quick) -> tuple[str, Path, str]:
+    return request.param, *train_restoration_quick(request.param)
 
 
 def test_quick_outputs_hold_real_numbers(quick_run):
