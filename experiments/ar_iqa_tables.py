@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from iqa_core import FeatureMetric, list_metrics, load_image  # noqa: E402
 from iqa_core.datasets import DatasetNotFoundError, load_dataset  # noqa: E402
 from iqa_core.metric import create_available_metrics  # noqa: E402
+from iqa_core.report import markdown_table  # noqa: E402
 from iqa_core.stats import bootstrap_ci, correlations, logistic5, per_group  # noqa: E402
 
 PUBLISHED = ROOT / "data" / "published" / "published_correlations.csv"
@@ -211,10 +212,7 @@ def write_tables(rows: list[dict], breakdown: list[dict], out: Path) -> None:
 
 
 def _markdown(frame: pd.DataFrame) -> str:
-    head = "| " + " | ".join(frame.columns) + " |\n|" + "---|" * len(frame.columns) + "\n"
-    body = "".join("| " + " | ".join("" if pd.isna(v) else str(v) for v in row) + " |\n"
-                   for row in frame.itertuples(index=False))
-    return head + body
+    return markdown_table(frame, lambda v: "" if pd.isna(v) else str(v)) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:

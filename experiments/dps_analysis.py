@@ -65,6 +65,7 @@ from iqa_core.comparators import comparator_info, list_comparators  # noqa: E402
 from iqa_core.deep_features import TapGrid  # noqa: E402
 from iqa_core.distortions import distort  # noqa: E402
 from iqa_core.io import load_image  # noqa: E402
+from iqa_core.report import markdown_table  # noqa: E402
 from iqa_core.resumable_csv import ResumableCSV  # noqa: E402
 from iqa_core.samples import load_samples  # noqa: E402
 from iqa_core.stats import bootstrap_ci  # noqa: E402
@@ -409,9 +410,7 @@ def _markdown(df: pd.DataFrame, floats: str = "{:.3f}") -> str:
     def cell(v: Any) -> str:
         return floats.format(v) if isinstance(v, float) else str(v)
 
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
+    return markdown_table(df, cell)
 
 
 RANK_COLUMNS = ["rank", "backbone", "tap", "comparator", "merit", "accuracy", "robustness", "monotonicity",

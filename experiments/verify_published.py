@@ -45,6 +45,7 @@ from scipy import stats
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from iqa_core import report  # noqa: E402
 from iqa_core.published import (  # noqa: E402
     DDM_METRIC_COLUMNS,
     DDM_TABLE,
@@ -119,9 +120,7 @@ def markdown_table(df: pd.DataFrame, digits: int = 4) -> str:
             return f"{v:.{digits}f}" if abs(v) >= 10 ** -digits or v == 0 else f"{v:.1e}"
         return str(v).replace("|", "\\|")
 
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+    return report.markdown_table(df, cell) + "\n"
 
 
 def report_recompute(res: pd.DataFrame, out_dir: Path, quick: bool) -> bool:
