@@ -40,6 +40,31 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def formula_weights(tmp_path_factory):
+    """Per architecture: the formula state dict of ../shared/reference/formula_weights.py and a file of it."""
+    import importlib.util
+
+    import torchvision
+
+    path = SHARED / "reference" / "formula_weights.py"
+    needs_shared(path)
+    spec = importlib.util.spec_from_file_location("formula_weights", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    folder = tmp_path_factory.mktemp("formula_weights")
+    cache = {}
+
+    def get(arch):
+        if arch not in cache:
+            state = module.formula_state_dict(getattr(torchvision.models, arch)(weights=None).state_dict())
+            torch.save(state, folder / f"{arch}.pth")
+            cache[arch] = (state, folder / f"{arch}.pth")
+        return cache[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def example_dir() -> Path:
     return ROOT / "data" / "examples"
 

@@ -57,22 +57,13 @@ def test_cuda_batch_and_gradients(metrics, shared_data):
     ("deepwsd-vgg", 1e-4), ("deepjsd-squeeze", 1e-4), ("deepwsd-mobilenet", 1e-4), ("deepskld-efficientnet", 1e-4),
     ("deepwsd-efficientnet", 2e-3),
 ])
-def test_cuda_distribution_measures_match_reference(name, loss_rel, reference_values, shared_data):
+def test_cuda_distribution_measures_match_reference(name, loss_rel, reference_values, shared_data, formula_weights):
     """Same numbers on the GPU. DeepWSD-EfficientNet's raw loss is ill-conditioned: 1e-6 relative noise in its
     features moves it by 1-2e-3 (tests/test_distribution_measures.py measures this), so the GPU's own
     convolution rounding moves it by ~3e-4 (H100); its evaluation score still agrees to 1e-4."""
-    import importlib.util
-
-    import torchvision
-    from conftest import SHARED
-
     from distribution_measures import VARIANTS
 
-    spec = importlib.util.spec_from_file_location("formula_weights", SHARED / "reference" / "formula_weights.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    arch = VARIANTS[name].arch
-    state = module.formula_state_dict(getattr(torchvision.models, arch)(weights=None).state_dict())
+    state, _ = formula_weights(VARIANTS[name].arch)
     from iqa_core import create_metric
 
     metric = create_metric(name, weights=state).cuda()

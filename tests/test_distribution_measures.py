@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
 import torch
-import torchvision
-from conftest import SHARED
 
 from distribution_measures import VARIANTS, columns, downsample_factor, fit_to_window
 from distribution_measures.distances import wasserstein_grid, wasserstein_grid_pot, wasserstein_grid_reference
@@ -22,28 +19,6 @@ REL = 1e-4
 
 def _reference_key(name: str) -> str:
     return name.replace("-", "_")
-
-
-@pytest.fixture(scope="session")
-def formula_weights(tmp_path_factory):
-    """Per architecture: the formula state dict of ../shared/reference/formula_weights.py and a file of it."""
-    path = SHARED / "reference" / "formula_weights.py"
-    if not path.is_file():
-        pytest.skip(f"{path} not present")
-    spec = importlib.util.spec_from_file_location("formula_weights", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    folder = tmp_path_factory.mktemp("formula_weights")
-    cache = {}
-
-    def get(arch):
-        if arch not in cache:
-            state = module.formula_state_dict(getattr(torchvision.models, arch)(weights=None).state_dict())
-            torch.save(state, folder / f"{arch}.pth")
-            cache[arch] = (state, folder / f"{arch}.pth")
-        return cache[arch]
-
-    return get
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ against the registered metrics they come from, the spectral measures, and experi
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import subprocess
@@ -15,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torchvision
 from conftest import SHARED
 from scipy import ndimage
 
@@ -51,18 +49,8 @@ def test_gram_ssim_through_the_grid_equals_deepssim():
     torch.testing.assert_close(via_script, expected, rtol=1e-5, atol=0)
 
 
-def _formula_state(arch: str) -> dict:
-    path = SHARED / "reference" / "formula_weights.py"
-    if not path.is_file():
-        pytest.skip(f"{path} not present (the shared folder beside the checkout)")
-    spec = importlib.util.spec_from_file_location("formula_weights", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.formula_state_dict(getattr(torchvision.models, arch)(weights=None).state_dict())
-
-
-def test_wsd_comparator_on_vgg19_l2pool_taps_equals_deepwsd_vgg():
-    state = _formula_state("vgg19")
+def test_wsd_comparator_on_vgg19_l2pool_taps_equals_deepwsd_vgg(formula_weights):
+    state, _ = formula_weights("vgg19")
     ref = _image(128)  # 128 px: the official resize factor max(1, round(128 / 256)) = 1 is a no-op
     dists = torch.cat([distort("gaussian_noise", ref, 3), distort("gaussian_blur", ref, 2)])
     backbone = create_backbone("vgg19", weights=state, l2_pooling=True, normalize=False)

@@ -6,7 +6,6 @@ transforms of the same file are tested in test_transforms.py.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
@@ -233,15 +232,8 @@ def test_lpips_comparator_equals_lpips(kadid_pair, backbone, metric) -> None:
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=0)
 
 
-def test_deepwsd_comparator_on_vgg19_l2pool_taps_equals_deepwsd_vgg(kadid_pair) -> None:
-    path = SHARED / "reference" / "formula_weights.py"
-    needs_shared(path)
-    spec = importlib.util.spec_from_file_location("formula_weights", path)
-    formula = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(formula)
-    import torchvision
-
-    state = formula.formula_state_dict(torchvision.models.vgg19(weights=None).state_dict())
+def test_deepwsd_comparator_on_vgg19_l2pool_taps_equals_deepwsd_vgg(kadid_pair, formula_weights) -> None:
+    state, _ = formula_weights("vgg19")
     dist, ref = kadid_pair
     backbone = create_backbone("vgg19", weights=state, l2_pooling=True, normalize=False)
     taps = ["image", "relu1_2", "relu2_2", "relu3_4", "relu4_4", "relu5_4"]
