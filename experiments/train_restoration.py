@@ -1,6 +1,6 @@
 """Perceptual optimisation: train small restoration networks with each metric as the loss, compare them on every metric.
 
-    python experiments/train_restoration.py --task sr4        # x4 super-resolution, about 15 min on a 2-core CPU
+    python experiments/train_restoration.py --task sr4        # x4 super-resolution, about 20 min on a 2-core CPU
     python experiments/train_restoration.py --task denoise    # denoising at sigma 25, about 15 min
     python experiments/train_restoration.py --task sr4 --train-dir DIV2K/DIV2K_train_HR --device cuda --steps 20000
     python experiments/train_restoration.py --task sr4 --losses l1,deepssim-lite+l1 --quick
@@ -96,7 +96,7 @@ PIXEL_LOSSES = {"l1": lambda x, y: (x - y).abs().mean(dim=(1, 2, 3)),
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 TRAIN, MONITOR, EVAL = 0, 1, 2  # purposes of the seeded generators: training batches, monitor batch, eval noise
 
-#: Defaults of the full run per task, chosen so that each task fits in ~15 minutes on a 2-core CPU.
+#: Defaults of the full run per task, chosen so that each task fits in 15-22 minutes on a 2-core CPU.
 DEFAULTS = {"sr4": {"steps": 250, "patch": 164, "batch": 4},
             "denoise": {"steps": 150, "patch": 164, "batch": 4}}
 QUICK = {"steps": 32, "patch": 96, "batch": 2, "pool": 4, "warmup": 8, "monitor_every": 8, "checkpoint_every": 8,
@@ -637,7 +637,7 @@ def own_loss_table(rows: list[Row], images: list[str], cache: ScoreCache, table:
                    directions: dict[str, bool]) -> pd.DataFrame:
     """Per trained row: its own training loss on the held-out images against the baseline's, and its own metric."""
     baseline = rows[0]
-    base = table.set_index("training_loss").loc[baseline.label]
+    by_loss = table.set_index("training_loss")
     out = []
     for row in rows[1:]:
         key = f"loss:{row.label}"
@@ -648,9 +648,9 @@ def own_loss_table(rows: list[Row], images: list[str], cache: ScoreCache, table:
         entry = {"training_loss": row.label, "baseline_loss": untrained, "trained_loss": trained,
                  "relative_change": trained / untrained - 1 if untrained else float("nan"),
                  "beats_baseline_on_loss": trained < untrained, "own_metric": metric,
-                 "baseline_metric": float(base[metric]) if metric else float("nan"),
-                 "trained_metric": float(table.set_index("training_loss").loc[row.label, metric]) if metric
-                 else float("nan"), "train_seconds": round(row.seconds, 1)}
+                 "baseline_metric": float(by_loss.loc[baseline.label, metric]) if metric else float("nan"),
+                 "trained_metric": float(by_loss.loc[row.label, metric]) if metric else float("nan"),
+                 "train_seconds": round(row.seconds, 1)}
         if metric:
             better = (entry["trained_metric"] > entry["baseline_metric"]) if directions[metric] else (
                 entry["trained_metric"] < entry["baseline_metric"])
@@ -760,12 +760,12 @@ def plot_loss_curves(out: Path, states: dict[str, dict]) -> None:
 def crop_regions(images: dict[str, torch.Tensor], size: int) -> list[tuple[str, int, int]]:
     """Per image, the most detailed ``size``-pixel square (largest mean gradient magnitude), on a coarse grid."""
     regions = []
+    stride = max(1, size // 4)
     for name, img in images.items():
         gray = img[0].mean(0)
         grad = (gray[1:, :-1] - gray[:-1, :-1]).abs() + (gray[:-1, 1:] - gray[:-1, :-1]).abs()
-        energy = F.avg_pool2d(grad[None, None], size, stride=max(1, size // 4))[0, 0]
+        energy = F.avg_pool2d(grad[None, None], size, stride=stride)[0, 0]
         r, c = divmod(int(energy.argmax()), energy.shape[1])
-        stride = max(1, size // 4)
         regions.append((name, min(r * stride, img.shape[-2] - size), min(c * stride, img.shape[-1] - size)))
     return regions
 
