@@ -53,7 +53,6 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from matplotlib.patches import Ellipse  # noqa: E402
-from scipy import stats  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,7 +67,7 @@ from iqa_core.io import load_image  # noqa: E402
 from iqa_core.report import markdown_table  # noqa: E402
 from iqa_core.resumable_csv import ResumableCSV  # noqa: E402
 from iqa_core.samples import load_samples  # noqa: E402
-from iqa_core.stats import bootstrap_ci  # noqa: E402
+from iqa_core.stats import bootstrap_ci, spearman  # noqa: E402
 from iqa_core.weights import WeightsNotFoundError  # noqa: E402
 
 DEFAULT_COMPARATORS = ["unit-l2", "lpips", "cos-channel", "gram-ssim", "deepwsd", "deepjsd", "deepskld",
@@ -450,9 +449,9 @@ def plot_heatmaps(grid: pd.DataFrame, out: Path, tap_order: dict[str, list[str]]
 
 def _spearman_ci(x: np.ndarray, y: np.ndarray, n_boot: int, seed: int) -> tuple[float, float, float]:
     """(Spearman, bootstrap 95 % low, high); NaN where undefined (fewer than 3 points or a constant side)."""
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+    rho = spearman(x, y)
+    if math.isnan(rho):
         return math.nan, math.nan, math.nan
-    rho = float(stats.spearmanr(x, y)[0])
     try:
         low, high = bootstrap_ci(x, y, "srcc", n_boot=n_boot, seed=seed)
     except ValueError:

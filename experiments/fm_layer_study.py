@@ -50,7 +50,6 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from scipy import stats  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +61,7 @@ from iqa_core.distortions import distort  # noqa: E402
 from iqa_core.io import load_image  # noqa: E402
 from iqa_core.resumable_csv import ResumableCSV  # noqa: E402
 from iqa_core.samples import load_samples  # noqa: E402
+from iqa_core.stats import direction_sign, spearman  # noqa: E402
 from iqa_core.validation import IQAInputError, check_image  # noqa: E402
 from iqa_core.weights import WeightsNotFoundError  # noqa: E402
 from zs_iqa.distances import DISTANCES  # noqa: E402
@@ -265,13 +265,13 @@ def by_reference(pairs: list[Pair]) -> Iterator[tuple[str, list[Pair]]]:
     yield from groups.items()
 
 
-def pair_scores(grid: TapGrid, dist: torch.Tensor, ref: torch.Tensor, ref_outs: list[dict[str, torch.Tensor]],
+def pair_scores(grid: TapGrid, dist: torch.Tensor, ref: torch.Tensor, ref_prepared: dict[tuple[str, str], list],
                 min_size: int, device: str) -> dict[tuple[str, str], torch.Tensor]:
-    """Every cell of ``grid`` for one distorted image against the reference's precomputed taps."""
+    """Every cell of ``grid`` for one distorted image against the reference prepared once (``TapGrid.prepare``)."""
     dist = check_image(dist, "dist", min_size)
     if dist.shape != ref.shape:
         raise IQAInputError(f"dist {tuple(dist.shape[-2:])} and ref {tuple(ref.shape[-2:])} differ in size")
-    return grid.score_outputs(grid.tap_outputs(dist.to(device)), ref_outs)
+    return grid.score_prepared(grid.tap_outputs(dist.to(device)), ref_prepared)
 
 
 def write_pair(cache: ResumableCSV, backbone: str, pair: Pair, cells: list[tuple[str, str]],
@@ -298,14 +298,14 @@ def score_backbone(run: BackboneRun, backbone: TapBackbone, distances: list[str]
     errors: list[str] = []
     with torch.no_grad(), tqdm(total=len(todo), desc=run.name, unit="pair") as bar:
         for _, group in by_reference(list(todo)):
-            ref_outs = None
+            ref_prepared = None
             for pair in group:
                 try:
                     ref = source.ref(pair)
-                    if ref_outs is None:  # the reference's taps, once for all its distorted images
-                        ref_outs = grid.tap_outputs(check_image(ref, "ref", min_size).to(args.device))
+                    if ref_prepared is None:  # the reference's taps and comparator states, once for all its pairs
+                        ref_prepared = grid.prepare(grid.tap_outputs(check_image(ref, "ref", min_size).to(args.device)))
                     write_pair(cache, run.name, pair, todo[pair],
-                               pair_scores(grid, source.dist(pair), ref, ref_outs, min_size, args.device))
+                               pair_scores(grid, source.dist(pair), ref, ref_prepared, min_size, args.device))
                 except IQAInputError as err:
                     errors.append(f"{pair.image}: {err}")
                 bar.update()
@@ -334,11 +334,9 @@ def scores_frame(cache: ResumableCSV, runs: list[BackboneRun], distances: list[s
 
 
 def oriented_srcc(x: np.ndarray, y: np.ndarray, sign: float) -> float:
+    """``sign`` x Spearman over the finite pairs (NaN where undefined)."""
     ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
-    return sign * float(stats.spearmanr(x, y)[0])
+    return sign * spearman(x[ok], y[ok])
 
 
 def cell_srcc(group: pd.DataFrame, dataset_sign: float | None, higher_is_better: bool) -> tuple[float, float]:
@@ -347,7 +345,7 @@ def cell_srcc(group: pd.DataFrame, dataset_sign: float | None, higher_is_better:
     if dataset_sign is not None:
         srcc = oriented_srcc(score, group.mos.to_numpy(float), dataset_sign)
         return srcc, srcc
-    sign = -1.0 if higher_is_better else 1.0  # more distortion should give a worse score
+    sign = direction_sign(higher_is_better, False)  # more distortion should give a worse score
     pooled = oriented_srcc(group.level.to_numpy(float), score, sign)
     per_seq = [oriented_srcc(g.level.to_numpy(float), g.score.to_numpy(float), sign)
                for _, g in group.groupby(["image", "distortion"], sort=False)]
@@ -355,10 +353,10 @@ def cell_srcc(group: pd.DataFrame, dataset_sign: float | None, higher_is_better:
     return (float(np.mean(per_seq)) if per_seq else float("nan")), pooled
 
 
-def dataset_sign_for(distance: str, mos_higher_is_better: bool | None) -> float | None:
-    if mos_higher_is_better is None:
-        return None
-    return 1.0 if TapGrid.higher_is_better(distance) == mos_higher_is_better else -1.0
+def dataset_sign_for(distance: str, mos_higher_is_better: bool | None) -> int | None:
+    """The orientation against the MOS in dataset mode; None in the default mode (SRCC against the level)."""
+    return None if mos_higher_is_better is None else direction_sign(TapGrid.higher_is_better(distance),
+                                                                     mos_higher_is_better)
 
 
 def layer_table(scores: pd.DataFrame, runs: list[BackboneRun], distances: list[str],

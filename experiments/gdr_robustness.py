@@ -51,6 +51,7 @@ from iqa_core.distortions import distort  # noqa: E402
 from iqa_core.metric import create_available_metrics  # noqa: E402
 from iqa_core.resumable_csv import ResumableCSV  # noqa: E402
 from iqa_core.samples import load_samples  # noqa: E402
+from iqa_core.stats import direction_sign, spearman  # noqa: E402
 from iqa_core.transforms import GEOMETRIC_TRANSFORMS, apply_transform  # noqa: E402
 
 # Every family once, within the 15-minute budget on a 2-core CPU; --metrics all runs every available metric.
@@ -198,20 +199,14 @@ def _finite_range(values: pd.Series) -> float:
     return float(np.ptp(v)) if v.size else float("nan")
 
 
-def oriented_srcc(x: np.ndarray, y: np.ndarray, sign: float) -> float:
-    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
-        return float("nan")
-    return sign * float(stats.spearmanr(x, y)[0])
-
-
 def summarise_samples(scores: pd.DataFrame, metrics: dict, args: argparse.Namespace) -> pd.DataFrame:
     rows = []
     base = scores[scores["transform"] == NONE].set_index(["metric", "image", "distortion", "level"])["score"]
     spread = base.groupby(["metric", "image", "distortion"]).agg(_finite_range)
     distorted = scores[scores.level > 0]
     for (metric, transform, severity), group in _by_transform(distorted):
-        sign = -1.0 if metrics[metric].higher_is_better else 1.0  # more distortion = worse score
-        srcc = oriented_srcc(group.level.to_numpy(float), group.score.to_numpy(float), sign)
+        sign = direction_sign(metrics[metric].higher_is_better, False)  # more distortion = worse score
+        srcc = sign * spearman(group.level.to_numpy(float), group.score.to_numpy(float))
         shifts = [abs(r.score - base[(metric, r.image, r.distortion, r.level)]) /
                   max(spread[(metric, r.image, r.distortion)], 1e-12) for r in group.itertuples()]
         rows.append({"metric": metric, "transform": transform, "severity": severity, "srcc": srcc,
@@ -225,11 +220,11 @@ def summarise_dataset(scores: pd.DataFrame, labels: pd.DataFrame, dataset, metri
     base = scores[scores["transform"] == NONE].set_index(["metric", "image"])["score"]
     spread = base.groupby("metric").agg(_finite_range)
     for (metric, transform, severity), group in _by_transform(scores):
-        sign = 1.0 if metrics[metric].higher_is_better == dataset.score_higher_is_better else -1.0
+        sign = direction_sign(metrics[metric].higher_is_better, dataset.score_higher_is_better)
         x, y = group.score.to_numpy(float), group.mos.to_numpy(float)
         shift = np.median([abs(r.score - base[(metric, r.image)]) for r in group.itertuples()]) / spread[metric]
         rows.append({"metric": metric, "transform": transform, "severity": severity,
-                     "srcc": oriented_srcc(x, y, sign), "plcc": sign * float(stats.pearsonr(x, y)[0]),
+                     "srcc": sign * spearman(x, y), "plcc": sign * float(stats.pearsonr(x, y)[0]),
                      "score_shift": float(shift)})
     return pd.DataFrame(rows)
 

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from scipy import stats
 
 from iqa_core.deep_features import TapGrid, windowed_taps
-from iqa_core.stats import direction_sign, fit_logistic5
+from iqa_core.stats import direction_sign, fit_logistic5, spearman
 from iqa_core.transforms import rotate, translate_pixels
 
 __all__ = ["FACTORS", "DEFAULT_WEIGHTS", "HF_CUTOFF", "BAND_EDGES", "ALIGNED", "MISALIGNMENTS", "misalign",
@@ -108,15 +108,9 @@ def _finite_pairs(scores: Any, targets: Any) -> tuple[np.ndarray, np.ndarray]:
     return s[keep], t[keep]
 
 
-def _spearman(s: np.ndarray, t: np.ndarray) -> float:
-    if s.size < 2 or np.ptp(s) == 0 or np.ptp(t) == 0:
-        return math.nan
-    return float(stats.spearmanr(s, t)[0])
-
-
 def accuracy(scores: Any, targets: Any) -> float:
     """|SRCC(scores, targets)| over the finite pairs; 0 where it is undefined (constant scores or targets)."""
-    rho = _spearman(*_finite_pairs(scores, targets))
+    rho = spearman(*_finite_pairs(scores, targets), min_pairs=2)
     return 0.0 if math.isnan(rho) else abs(rho)
 
 
@@ -233,7 +227,7 @@ def cell_factors(scores: pd.DataFrame, higher_is_better: bool, target: str = "le
     aligned = scores[scores["misalign"] == ALIGNED]
     t = aligned["level"] if target == "level" else aligned[target]
     s_raw, t_raw = _finite_pairs(aligned["score"], t)
-    rho = _spearman(s_raw, t_raw)
+    rho = spearman(s_raw, t_raw, min_pairs=2)
     sign = direction_sign(higher_is_better, target_higher_is_better)
     sequences = dict(_level_sequences(aligned))
     mono = monotonicity((p["score"].to_numpy() for p in sequences.values()), increasing=not higher_is_better)

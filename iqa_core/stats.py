@@ -31,7 +31,8 @@ import numpy as np
 from scipy import stats
 from scipy.optimize import OptimizeWarning, curve_fit
 
-__all__ = ["STATS", "bootstrap_ci", "correlations", "direction_sign", "fit_logistic5", "logistic5", "per_group"]
+__all__ = ["STATS", "bootstrap_ci", "correlations", "direction_sign", "fit_logistic5", "logistic5", "per_group",
+           "spearman"]
 
 #: Statistics that :func:`bootstrap_ci` accepts (keys of the :func:`correlations` result).
 STATS = ("srcc", "krcc", "plcc", "plcc_logistic", "rmse")
@@ -126,6 +127,15 @@ def direction_sign(higher_is_better: bool, mos_higher_is_better: bool = True) ->
     Examples: a distance (``higher_is_better=False``) against a DMOS (``mos_higher_is_better=False``)
     gives +1; the same distance against a MOS gives -1."""
     return 1 if bool(higher_is_better) == bool(mos_higher_is_better) else -1
+
+
+def spearman(x: Any, y: Any, min_pairs: int = _MIN_PAIRS) -> float:
+    """``scipy.stats.spearmanr(x, y)[0]``, or NaN where it is undefined: fewer than ``min_pairs`` points, or a
+    constant side (where scipy would warn)."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(x) < min_pairs or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return math.nan
+    return float(stats.spearmanr(x, y)[0])
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:

@@ -200,3 +200,11 @@ def test_per_group(tables):
     assert small["a"]["n"] == 4 and small["b"]["fit_message"].startswith("skipped") and math.isnan(small["b"]["srcc"])
     with pytest.raises(ValueError, match="groups"):
         per_group([1, 2, 3], [1, 2, 3], ["a"])
+
+
+def test_spearman_is_scipys_and_nan_where_undefined():
+    x, y = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.0, 3.0, 2.0, 4.0])
+    assert st.spearman(x, y) == pytest.approx(sps.spearmanr(x, y)[0], abs=1e-15)
+    assert math.isnan(st.spearman(x, np.full(4, 2.0)))  # a constant side
+    assert math.isnan(st.spearman(x[:2], y[:2]))  # fewer than 3 pairs by default
+    assert st.spearman(x[:2], y[:2], min_pairs=2) == pytest.approx(1.0)
