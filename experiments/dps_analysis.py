@@ -66,7 +66,7 @@ from iqa_core.distortions import distort  # noqa: E402
 from iqa_core.io import load_image  # noqa: E402
 from iqa_core.report import markdown_table  # noqa: E402
 from iqa_core.resumable_csv import ResumableCSV  # noqa: E402
-from iqa_core.samples import load_samples  # noqa: E402
+from iqa_core.samples import load_samples, shrink  # noqa: E402
 from iqa_core.stats import bootstrap_ci, spearman  # noqa: E402
 from iqa_core.weights import WeightsNotFoundError  # noqa: E402
 
@@ -143,16 +143,6 @@ class Pair:
     @property
     def group(self) -> str:
         return f"{self.ref}|{self.distortion}"
-
-
-def _shrink(image: torch.Tensor, max_side: int | None) -> torch.Tensor:
-    """Antialiased bicubic downscale so that the longer side is at most ``max_side`` (never upscales)."""
-    if max_side is None or max(image.shape[-2:]) <= max_side:
-        return image
-    h, w = image.shape[-2:]
-    s = max_side / max(h, w)
-    size = (max(1, round(h * s)), max(1, round(w * s)))
-    return F.interpolate(image, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
 
 
 class SampleSource:
@@ -233,10 +223,10 @@ class DatasetSource:
         return out
 
     def reference(self, name: str) -> torch.Tensor:
-        return _shrink(load_image(self.ref_paths[name]), self.max_side)
+        return shrink(load_image(self.ref_paths[name]), self.max_side)
 
     def distorted(self, pair: Pair) -> torch.Tensor:
-        return dps.misalign(_shrink(load_image(pair.dist_path), self.max_side), pair.misalign)
+        return dps.misalign(shrink(load_image(pair.dist_path), self.max_side), pair.misalign)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -353,7 +343,6 @@ def score_backbone(name: str, grid: TapGrid, source: Any, cache: ScoreCache, arg
                 cache.flush()
                 bar.update(len(batch))
                 drop_failed_cells(grid, ref_prepared, errors)
-            drop_failed_cells(grid, ref_prepared, errors)
 
 
 def drop_failed_cells(grid: TapGrid, ref_prepared: dict, errors: dict[tuple[str, str], str]) -> None:
@@ -518,14 +507,16 @@ def outlier_study(ranking: pd.DataFrame, scores: pd.DataFrame, pairs: pd.DataFra
                         **{f"band_{edges[k]:.3f}_{edges[k + 1]:.3f}": v for k, v in enumerate(bands)}})
     hf = pd.DataFrame(hf_rows)
     hf_of = dict(zip(hf.image, hf.hf_share, strict=True))
-    rich = {r for r, v in hf_of.items() if v > np.median(list(hf_of.values()))}
+    median_hf = np.median(list(hf_of.values()))
+    rich = {r for r, v in hf_of.items() if v > median_hf}
     aligned = pairs[pairs.misalign == dps.ALIGNED]
     rows, corr, messages, every = [], [], [], []
     best = set(ranking.head(args.best).index)
+    merged = scores.merge(aligned, on="pair")
+    by_cell = dict(list(merged.groupby(["backbone", "tap", "comparator"], sort=False)))
     for index, cell in ranking.iterrows():
         label = f"{cell.backbone}/{cell.tap}/{cell.comparator}"
-        part = scores[(scores.backbone == cell.backbone) & (scores.tap == cell.tap)
-                      & (scores.comparator == cell.comparator)].merge(aligned, on="pair")
+        part = by_cell.get((cell.backbone, cell.tap, cell.comparator), merged.iloc[:0]).reset_index(drop=True)
         values, message = _disagreement(part, comparator_info(cell.comparator).higher_is_better, source)
         if values is None:
             messages.append(f"{label}: {message}; no outlier analysis for this cell")

@@ -75,7 +75,7 @@ from iqa_core import IQAInputError, WeightsNotFoundError, create_metric, list_me
 from iqa_core.baselines import MS_SSIM_WEIGHTS, WINDOW_SIZE, ms_ssim  # noqa: E402
 from iqa_core.metric import Metric, create_available_metrics  # noqa: E402
 from iqa_core.resumable_csv import ResumableCSV  # noqa: E402
-from iqa_core.samples import sample_images  # noqa: E402
+from iqa_core.samples import sample_images, shrink  # noqa: E402
 
 LOSSES = ("l1", "mse", "ssim", "ms-ssim", "lpips-vgg", "dists", "deepwsd-vgg16", "deepssim-lite", "deepssim-lite+l1")
 HELD_OUT = ("chelsea", "coffee")
@@ -208,12 +208,7 @@ def evaluation_images(args: argparse.Namespace, multiple: int) -> dict[str, torc
         p for p in sample_images() if p.stem in HELD_OUT]
     images = {}
     for path in paths:
-        img = load_image(path)
-        if args.eval_max_side and max(img.shape[-2:]) > args.eval_max_side:
-            h, w = img.shape[-2:]
-            s = args.eval_max_side / max(h, w)
-            img = F.interpolate(img, size=(round(h * s), round(w * s)), mode="bicubic", antialias=True,
-                                align_corners=False).clamp(0, 1)
+        img = shrink(load_image(path), args.eval_max_side or None)
         h, w = (d - d % multiple for d in img.shape[-2:])
         images[path.stem] = img[..., :h, :w].contiguous()
     return images

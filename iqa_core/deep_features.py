@@ -176,11 +176,11 @@ class TapGrid(nn.Module):
                        errors: dict[tuple[str, str], str] | None = None) -> dict[tuple[str, str], torch.Tensor]:
         """``{cell: (B,) scores}`` of distorted taps against a reference prepared once (:meth:`prepare`); only the
         cells in ``ref_prepared`` are scored, ``errors`` as in :meth:`prepare`."""
+        if any(len(refs) != len(dist_outs) for refs in ref_prepared.values()):
+            raise IQAInputError("the two images give different numbers of windows; use images of the same size")
         scores = {}
         for cell, refs in ref_prepared.items():
             comparator = self.cells[cell]
-            if len(refs) != len(dist_outs):
-                raise IQAInputError("the two images give different numbers of windows; use images of the same size")
             try:
                 per_window = [comparator.compare(comparator.prepare([d[cell[0]]]), r)
                               for d, r in zip(dist_outs, refs, strict=True)]

@@ -20,8 +20,11 @@ def sample_images() -> list[Path]:
     return sorted(SAMPLES_DIR.glob("*.png"))
 
 
-def _shrink(image: torch.Tensor, max_side: int) -> torch.Tensor:
-    """Downscale a (1, 3, H, W) image (antialiased bicubic) so its longer side is at most ``max_side``."""
+def shrink(image: torch.Tensor, max_side: int | None) -> torch.Tensor:
+    """Downscale an (N, 3, H, W) image (antialiased bicubic) so its longer side is at most ``max_side``; never
+    upscales, and ``None`` leaves the image as it is."""
+    if max_side is None:
+        return image
     h, w = image.shape[-2:]
     scale = max_side / max(h, w)
     if scale >= 1:
@@ -39,5 +42,5 @@ def load_samples(max_side: int | None = None) -> dict[str, torch.Tensor]:
         raise ValueError(f"max_side must be a positive integer, got {max_side}")
     images = {path.stem: load_image(path) for path in sample_images()}
     if max_side is not None:
-        images = {name: _shrink(image, max_side) for name, image in images.items()}
+        images = {name: shrink(image, max_side) for name, image in images.items()}
     return images

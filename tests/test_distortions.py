@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from iqa_core.distortions import DISTORTIONS, MAX_LEVEL, distort, jpeg2000_available, list_distortions
-from iqa_core.samples import SAMPLES_DIR, load_samples, sample_images
+from iqa_core.samples import SAMPLES_DIR, load_samples, sample_images, shrink
 from iqa_core.validation import IQAInputError
 
 NAMES = list_distortions()
@@ -136,6 +136,13 @@ def test_samples_load():
         assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
     shrunk = load_samples(max_side=64)
     assert all(max(image.shape[-2:]) == 64 for image in shrunk.values())
+
+
+def test_shrink_only_downscales():
+    image = torch.rand(2, 3, 40, 100)
+    assert shrink(image, None) is image and shrink(image, 100) is image and shrink(image, 400) is image
+    small = shrink(image, 50)
+    assert small.shape == (2, 3, 20, 50) and 0 <= float(small.min()) and float(small.max()) <= 1
 
 
 def test_samples_readme_licences():
