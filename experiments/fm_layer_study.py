@@ -59,6 +59,7 @@ from iqa_core.backbones import TapBackbone, create_backbone, list_backbones  # n
 from iqa_core.deep_features import STRIDE, TapGrid  # noqa: E402
 from iqa_core.distortions import distort  # noqa: E402
 from iqa_core.io import load_image  # noqa: E402
+from iqa_core.report import markdown_table  # noqa: E402
 from iqa_core.resumable_csv import ResumableCSV  # noqa: E402
 from iqa_core.samples import load_samples  # noqa: E402
 from iqa_core.stats import direction_sign, spearman  # noqa: E402
@@ -447,10 +448,9 @@ def _tap_tables(table: pd.DataFrame, values: list[str]) -> list[str]:
     for backbone, part in table.groupby("backbone", sort=False):
         for value in values:
             pivot = part.pivot_table(index=["tap_index", "tap"], columns="distance", values=value, sort=False)
-            lines += [f"### {backbone}: {value}", "", "| tap | " + " | ".join(pivot.columns) + " |",
-                      "|---|" + "---|" * len(pivot.columns)]
-            lines += [f"| {tap} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for (_, tap), row in pivot.iterrows()]
-            lines.append("")
+            rows = pivot.reset_index(level="tap_index", drop=True).reset_index()  # columns: tap, then the distances
+            lines += [f"### {backbone}: {value}", "",
+                      markdown_table(rows, lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)), ""]
     return lines
 
 
@@ -544,18 +544,19 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names, skipped = backbone_names(args.backbones)
+    distances = _names(args.distances)
     pairs, source, mos_higher = study_pairs(args)
     with ResumableCSV(out / "scores.csv", COLUMNS, KEY) as cache:
         runs = run_backbones(args, names, skipped, pairs, source, cache)
-        scores = scores_frame(cache, runs, _names(args.distances), pairs)
+        scores = scores_frame(cache, runs, distances, pairs)
     pd.DataFrame(list(skipped.items()), columns=["backbone", "reason"]).to_csv(out / "skipped.csv", index=False)
     if not runs:
         write_summary(pd.DataFrame(columns=TABLE_COLUMNS), pd.DataFrame(), skipped, setup_text(args, pairs),
                       out / "summary.md")
         print("error: no backbone could be built (see the lines above)")
         return 2
-    table = layer_table(scores, runs, _names(args.distances), mos_higher)
-    all_taps = all_taps_table(scores, runs, _names(args.distances), mos_higher)
+    table = layer_table(scores, runs, distances, mos_higher)
+    all_taps = all_taps_table(scores, runs, distances, mos_higher)
     table.to_csv(out / "layer_srcc.csv", index=False, float_format="%.6f")
     all_taps.to_csv(out / "all_taps_srcc.csv", index=False, float_format="%.6f")
     plot_curves(table, out, dataset_mode=bool(args.dataset))

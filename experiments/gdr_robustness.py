@@ -315,8 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         run_samples(args, metrics, cache)
     cache.close()
-    scores = pd.read_csv(out / "scores.csv").drop_duplicates(KEY, keep="last")  # a resumed group may repeat rows
-    scores = scores[scores.metric.isin(metrics)].drop_duplicates(KEY, keep="last")
+    scores = pd.read_csv(out / "scores.csv")
+    scores = scores[scores.metric.isin(metrics)].drop_duplicates(KEY, keep="last")  # a resumed group may repeat rows
     if args.dataset:
         summary = summarise_dataset(scores, labels, dataset, metrics)
     else:

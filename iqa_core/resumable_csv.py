@@ -11,7 +11,6 @@ written (write floats with ``repr`` to keep every digit).
 from __future__ import annotations
 
 import csv
-import io
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -65,17 +64,17 @@ class ResumableCSV:
             self._fh.flush()
 
     def _read(self) -> None:
-        text = self.path.read_text()
-        if not text:
-            return
-        reader = csv.reader(io.StringIO(text))
-        header = next(reader, None)
-        if header != self.columns:
-            raise ValueError(f"{self.path} has the columns {header}, expected {self.columns}; "
-                             "write to another file or delete it")
-        for row in reader:
-            if len(row) == len(self.columns):
-                self.rows[self.key(row)] = row
+        with self.path.open(newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header is None:  # an empty file
+                return
+            if header != self.columns:
+                raise ValueError(f"{self.path} has the columns {header}, expected {self.columns}; "
+                                 "write to another file or delete it")
+            for row in reader:
+                if len(row) == len(self.columns):
+                    self.rows[self.key(row)] = row
 
     def key(self, row: Sequence[object]) -> tuple[str, ...]:
         """The key of a full row (values in column order)."""
