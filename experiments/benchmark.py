@@ -15,10 +15,7 @@ import argparse
 import csv
 import platform
 import resource
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from iqa_core import FeatureMetric, create_metric  # noqa: E402
+from iqa_core.timing import time_ms  # noqa: E402
 from iqa_core.validation import IQAInputError  # noqa: E402
 from iqa_core.weights import WeightsNotFoundError  # noqa: E402
 
@@ -36,25 +34,6 @@ DEFAULT_METRICS = ["deepssim", "deepssim-lite", *(f"deep{m}-{b}" for b in ("vgg"
 
 
 QUICK_METRICS = ["deepssim", "deepssim-lite", "deepwsd-vgg", "deepjsd-squeeze"]
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_call(fn: Callable[[], object], device: torch.device, repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn`` in milliseconds."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def _reset_peak_memory(device: torch.device) -> None:
@@ -103,26 +82,26 @@ def benchmark_metric(name: str, size: tuple[int, int], device: torch.device, rep
     row: dict[str, object] = {"metric": name, "weights": weights, "device": str(device), "size": f"{w}x{h}"}
     with torch.no_grad():
         _reset_peak_memory(device)
-        row["pair_ms"] = time_call(lambda: metric(dist, ref), device, repeats)
+        row["pair_ms"] = time_ms(lambda: metric(dist, ref), repeats, device=device)
         row["peak_mib"] = round(peak_memory_mib(device), 1)
         if hasattr(metric, "feature_map"):
             # The backbone alone, for both images of the pair: what any implementation must spend.
-            row["backbone_ms"] = time_call(lambda: (metric.feature_map(dist), metric.feature_map(ref)), device,
-                                           repeats)
+            row["backbone_ms"] = time_ms(lambda: (metric.feature_map(dist), metric.feature_map(ref)), repeats,
+                                         device=device)
         if hasattr(metric, "compare_feature_maps"):
             # Everything after the backbone, timed on its own (the difference of two noisy
             # timings would be noise): the metric's overhead as a share of a pair's time.
             maps = metric.feature_map(dist), metric.feature_map(ref)
             fast = getattr(metric, "wasserstein", None)
-            row["after_backbone_ms"] = time_call(lambda: metric.compare_feature_maps(*maps), device, repeats)
+            row["after_backbone_ms"] = time_ms(lambda: metric.compare_feature_maps(*maps), repeats, device=device)
             row["overhead_pct"] = 100.0 * row["after_backbone_ms"] / row["pair_ms"]
             if getattr(metric, "variant", None) is not None and metric.variant.measure == "wsd" and pot_reference:
                 # The same distances through POT's wasserstein_1d, as the official code computes them.
                 from distribution_measures.distances import wasserstein_grid_pot
 
                 metric.wasserstein = wasserstein_grid_pot
-                row["after_backbone_pot_ms"] = time_call(lambda: metric.compare_feature_maps(*maps), device,
-                                                         max(1, repeats // 2))
+                row["after_backbone_pot_ms"] = time_ms(lambda: metric.compare_feature_maps(*maps),
+                                                       max(1, repeats // 2), device=device)
                 metric.wasserstein = fast
         if isinstance(metric, FeatureMetric):
             def one_ref_many_dists() -> None:
@@ -130,11 +109,11 @@ def benchmark_metric(name: str, size: tuple[int, int], device: torch.device, rep
                 for i in range(n_dist):
                     metric.score_against(dists[i:i + 1], feats)
 
-            total = time_call(one_ref_many_dists, device, max(1, repeats // 2))
+            total = time_ms(one_ref_many_dists, max(1, repeats // 2), device=device)
             row[f"one_ref_{n_dist}_dists_ms"] = total
             row["per_dist_ms"] = total / n_dist
             feats = metric.reference_features(ref)
-            batched = time_call(lambda: metric.score_against(dists, feats), device, max(1, repeats // 2))
+            batched = time_ms(lambda: metric.score_against(dists, feats), max(1, repeats // 2), device=device)
             row["batched_per_dist_ms"] = batched / n_dist
     return row
 

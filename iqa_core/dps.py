@@ -44,7 +44,6 @@ import ctypes
 import gc
 import math
 import re
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,7 @@ from scipy import stats
 
 from iqa_core.deep_features import TapGrid, windowed_taps
 from iqa_core.stats import direction_sign, fit_logistic5, spearman
+from iqa_core.timing import time_ms
 from iqa_core.transforms import rotate, translate_pixels
 
 __all__ = ["FACTORS", "DEFAULT_WEIGHTS", "HF_CUTOFF", "BAND_EDGES", "ALIGNED", "MISALIGNMENTS", "misalign",
@@ -343,27 +343,6 @@ def synthetic_pair(height: int = COST_SIZE[0], width: int = COST_SIZE[1], seed: 
     ref = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
     dist = (ref + 0.05 * torch.randn(ref.shape, generator=gen)).clamp(0, 1)
     return dist.to(device), ref.to(device)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_ms(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1, device: str | torch.device = "cpu") -> float:
-    """Median wall time of ``fn()`` in ms over ``repeats`` runs after ``warmup`` runs (CUDA synchronised)."""
-    device = torch.device(device)
-    with torch.no_grad():
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(max(1, repeats)):
-            _sync(device)
-            start = time.perf_counter()
-            fn()
-            _sync(device)
-            times.append((time.perf_counter() - start) * 1000.0)
-    return float(np.median(times))
 
 
 _STATUS = Path("/proc/self/status")
