@@ -175,23 +175,22 @@ def _translate_px(width: int, severity: float) -> int:
 
 
 def _translate(x: torch.Tensor, severity: float, border: str) -> tuple[torch.Tensor, Box]:
-    """Integer horizontal shift; returns the output and the reference crop box (crop mode)."""
+    """Integer horizontal shift by ``severity`` % of the width; the output and the reference crop box (crop mode)."""
+    shift = _translate_px(x.shape[-1], severity)
+    return _shift_px(x, shift if severity > 0 else -shift, border)
+
+
+def _shift_px(x: torch.Tensor, shift: int, border: str) -> tuple[torch.Tensor, Box]:
+    """Integer horizontal shift by ``shift`` pixels: positive moves the content left (output column j shows input
+    column j + shift), negative moves it right. Returns the output and the reference crop box (crop mode)."""
     height, width = x.shape[-2:]
-    shift = _translate_px(width, severity)
     if shift == 0:
         return x.clone(), _full_box(x)
-    if severity > 0:  # content moves left: output column j shows input column j + shift
-        if border == "crop":
-            return tvf.crop(x, 0, shift, height, width - shift), (0, 0, height, width - shift)
-        padding = [0, 0, shift, 0]  # left, top, right, bottom
-        start = shift
-    else:  # content moves right: output column j shows input column j - shift
-        if border == "crop":
-            return tvf.crop(x, 0, 0, height, width - shift), (0, shift, height, width - shift)
-        padding = [shift, 0, 0, 0]
-        start = 0
-    padded = _pad(x, padding, border)
-    return padded[..., :, start : start + width], _full_box(x)
+    start, kept = max(shift, 0), width - abs(shift)
+    if border == "crop":
+        return tvf.crop(x, 0, start, height, kept), (0, max(-shift, 0), height, kept)
+    padding = [0, 0, shift, 0] if shift > 0 else [-shift, 0, 0, 0]  # left, top, right, bottom
+    return _pad(x, padding, border)[..., :, start : start + width], _full_box(x)
 
 
 def _pad(x: torch.Tensor, padding: list[int], border: str) -> torch.Tensor:
@@ -236,16 +235,10 @@ def translate_pixels(x: torch.Tensor, pixels: int, *, border: str = "reflect") -
     shift = int(pixels)
     if shift != pixels:
         raise ValueError(f"pixels must be a whole number, got {pixels!r}")
-    height, width = x.shape[-2:]
+    width = x.shape[-1]
     if abs(shift) >= width:
         raise ValueError(f"a shift of {shift} px moves the whole {width}-px-wide image out of frame")
-    if shift == 0:
-        return x.clone()
-    start = max(shift, 0)
-    if border == "crop":
-        return tvf.crop(x, 0, start, height, width - abs(shift))
-    padding = [0, 0, shift, 0] if shift > 0 else [-shift, 0, 0, 0]  # left, top, right, bottom
-    return _pad(x, padding, border)[..., :, start : start + width]
+    return _shift_px(x, shift, border)[0]
 
 
 def _base_grid(height: int, width: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
