@@ -11,19 +11,28 @@ The label files use the formats of the official distributions (``.mat`` files wr
 ``scipy.io.savemat``; TID2013 names in mixed case on disk and in the label file). ``FIXTURE_COUNTS``
 gives the number of records each fixture yields with default loader options. Only LIVE has the
 full official size (its label files fix the 982-entry order); the others are a few dozen images.
+
+The ``write_*_labels`` functions write one label file (or set of files) in a dataset's official format from
+given names and scores (floats in shortest round-trip form, so they read back exactly), and
+``write_images`` fills a tree with one tiny image copied to many paths; the makers here and
+``tests/test_published_keys.py`` (trees named by the published tables) share them.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+import io
+from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import scipy.io
 from PIL import Image
 
-__all__ = ["make_fixture", "make_waterloo_fixture", "FIXTURE_COUNTS", "FIXTURE_MAKERS"]
+__all__ = ["make_fixture", "make_waterloo_fixture", "FIXTURE_COUNTS", "FIXTURE_MAKERS", "write_images",
+           "write_live_labels", "write_csiq_labels", "write_score_name_lines", "write_kadid_labels",
+           "write_pipal_labels", "write_live_md_labels", "write_ivc_labels"]
 
 # records with default options; LIVE: 779 (982 with include_references=True); CSIQ: 60 (50 without contrast)
 FIXTURE_COUNTS: dict[str, int] = {"LIVE": 779, "CSIQ": 60, "TID2013": 30, "KADID-10k": 30, "PIPAL": 12,
@@ -58,6 +67,27 @@ def _save(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format=fmt)
 
 
+@lru_cache(maxsize=8)
+def _image_bytes(suffix: str, size: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (128, 128, 128)).save(buffer, format={".bmp": "BMP", ".png": "PNG"}[suffix])
+    return buffer.getvalue()
+
+
+def write_images(root: Path, relpaths: Iterable[str], size: int = 8) -> None:
+    """A grey ``size`` x ``size`` image at each ``root/<relpath>``, BMP or PNG by the extension (any case).
+
+    The image is encoded once per format and its bytes copied, so tens of thousands of files take a second.
+    """
+    made: set[Path] = set()
+    for rel in relpaths:
+        path = root / rel
+        if path.parent not in made:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made.add(path.parent)
+        path.write_bytes(_image_bytes(path.suffix.lower(), size))
+
+
 def _score(severity: float, higher_is_better: bool, lo: float, hi: float) -> float:
     """A score at ``severity`` in [0, 1]: DMOS grows from lo to hi, MOS falls from hi to lo."""
     value = lo + (hi - lo) * severity
@@ -87,13 +117,23 @@ def _make_live(root: Path, size: int) -> Path:
             refnames.append(ref)
             info.append(f"{ref} img{i}.bmp {severity:.3f}")
         (base / folder / "info.txt").write_text("\n".join(info) + "\n")
-    dmos_arr, orgs_arr = np.array([dmos]), np.array([orgs])
-    realigned = np.where(orgs_arr == 1, 0.0, dmos_arr * 0.9 + 5.0)
+    realigned = np.where(np.array(orgs) == 1, 0.0, np.array(dmos) * 0.9 + 5.0)
+    write_live_labels(base, dmos, realigned, orgs, refnames)
+    return root
+
+
+def write_live_labels(base: Path, dmos: Sequence[float], dmos_new: Sequence[float], orgs: Sequence[float],
+                      refnames: Sequence[str]) -> None:
+    """LIVE Release 2 ``dmos.mat`` (dmos, orgs), ``dmos_realigned.mat`` (dmos_new, dmos_std, orgs) and
+    ``refnames_all.mat`` (refnames_all), each 1 x N in the official entry order."""
+    base.mkdir(parents=True, exist_ok=True)
+    dmos_arr = np.array([dmos], dtype=np.float64)
+    realigned = np.array([dmos_new], dtype=np.float64)
+    orgs_arr = np.array([orgs], dtype=np.float64)
     scipy.io.savemat(base / "dmos.mat", {"dmos": dmos_arr, "orgs": orgs_arr})
     scipy.io.savemat(base / "dmos_realigned.mat",
                      {"dmos_new": realigned, "dmos_std": np.full_like(realigned, 10.0), "orgs": orgs_arr})
-    scipy.io.savemat(base / "refnames_all.mat", {"refnames_all": np.array([refnames], dtype=object)})
-    return root
+    scipy.io.savemat(base / "refnames_all.mat", {"refnames_all": np.array([list(refnames)], dtype=object)})
 
 
 CSIQ_XLSX_TYPES = {"awgn": ("noise", "AWGN"), "jpeg": ("jpeg", "JPEG"), "jpeg2000": ("jpeg 2000", "jpeg2000"),
@@ -104,25 +144,38 @@ def _make_csiq(root: Path, size: int, label_format: str = "csv") -> Path:
     """CSIQ: 2 references x 6 types x 5 levels, labels as csiq_dmos.csv (or the Waterloo CSIQ.csv)."""
     paint = _Painter(size, seed=2)
     rows = []
-    for idx, (folder, (xlsx_type, token)) in enumerate(CSIQ_XLSX_TYPES.items(), start=1):
+    for folder, (_, token) in CSIQ_XLSX_TYPES.items():
         for ref in ("1600", "aerial_city"):
             _save(paint.ref(ref), root / "src_imgs" / f"{ref}.png")
             for lvl in range(1, 6):
                 severity = (lvl - 1) / 4.0
                 _save(paint.dist(ref, severity), root / "dst_imgs" / folder / f"{ref}.{token}.{lvl}.png")
-                rows.append((ref, idx, xlsx_type, folder, token, lvl, _score(severity, False, 0.05, 0.9)))
-    with open(root / ("CSIQ.csv" if label_format == "waterloo" else "csiq_dmos.csv"), "w", newline="") as f:
+                rows.append((ref, folder, lvl, _score(severity, False, 0.05, 0.9)))
+    write_csiq_labels(root / ("CSIQ.csv" if label_format == "waterloo" else "csiq_dmos.csv"), rows, label_format)
+    return root
+
+
+def write_csiq_labels(path: Path, rows: Iterable[tuple[str, str, int, float]], label_format: str = "csv") -> None:
+    """CSIQ labels from (reference, type folder, level, DMOS) rows, in row order.
+
+    ``label_format="csv"``: ``csiq_dmos.csv``, the CSV export of sheet ``all_by_image`` of ``csiq.DMOS.xlsx``
+    (``image,dst_idx,dst_type,dst_lev,dmos_std,dmos``, types spelled as there: ``noise``, ``jpeg 2000``,
+    ``f noise`` ...; dmos_std a placeholder). ``"waterloo"``: the Waterloo ``CSIQ.csv``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    type_index = {folder: i for i, folder in enumerate(CSIQ_XLSX_TYPES, start=1)}
+    with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         if label_format == "waterloo":
             writer.writerow(["dis_img_path", "dis_type", "ref_img_path", "score"])
-            for ref, _, _, _, token, lvl, dmos in rows:
+            for ref, folder, lvl, dmos in rows:
+                token = CSIQ_XLSX_TYPES[folder][1]
                 writer.writerow([f"CSIQ/dst_imgs/{token}/{ref}.{token}.{lvl}.png", token,
                                  f"CSIQ/src_imgs/{ref}.png", dmos])
         else:
             writer.writerow(["image", "dst_idx", "dst_type", "dst_lev", "dmos_std", "dmos"])
-            for ref, idx, xlsx_type, _, _, lvl, dmos in rows:
-                writer.writerow([ref, idx, xlsx_type, lvl, 0.1, dmos])
-    return root
+            for ref, folder, lvl, dmos in rows:
+                writer.writerow([ref, type_index[folder], CSIQ_XLSX_TYPES[folder][0], lvl, 0.1, dmos])
 
 
 TID_TYPES = (1, 11, 24)
@@ -153,9 +206,15 @@ def _make_tid2013(root: Path, size: int) -> Path:
             for lvl in range(1, 6):
                 severity = (lvl - 1) / 4.0
                 _save(paint.dist(str(ref), severity), root / "distorted_images" / tid_disk_name(ref, typ, lvl))
-                lines.append(f"{_score(severity, True, 1.0, 7.0):.5f} {tid_label_name(ref, typ, lvl)}")
-    (root / "mos_with_names.txt").write_text("\n".join(lines) + "\n")
+                lines.append((_score(severity, True, 1.0, 7.0), tid_label_name(ref, typ, lvl)))
+    write_score_name_lines(root / "mos_with_names.txt", lines)
     return root
+
+
+def write_score_name_lines(path: Path, pairs: Iterable[tuple[float, str]], sep: str = " ") -> None:
+    """A ``mos_with_names.txt`` of TID2013 (``<MOS> <name>`` per line) or QADS (``sep="  "``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{float(score)!r}{sep}{name}\n" for score, name in pairs))
 
 
 KADID_TYPES_USED = (1, 10, 25)
@@ -173,12 +232,18 @@ def _make_kadid(root: Path, size: int) -> Path:
                 severity = (lvl - 1) / 4.0
                 name = f"{ref}_{typ:02d}_{lvl:02d}.png"
                 _save(paint.dist(ref, severity), base / "images" / name)
-                rows.append([name, f"{ref}.png", _score(severity, True, 1.0, 5.0), 0.5])
-    with open(base / "dmos.csv", "w", newline="") as f:
+                rows.append((name, f"{ref}.png", _score(severity, True, 1.0, 5.0), 0.5))
+    write_kadid_labels(base / "dmos.csv", rows)
+    return root
+
+
+def write_kadid_labels(path: Path, rows: Iterable[tuple[str, str, float, float]]) -> None:
+    """KADID-10k ``dmos.csv`` (``dist_img,ref_img,dmos,var``) from (distorted, reference, MOS, variance) rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["dist_img", "ref_img", "dmos", "var"])
         writer.writerows(rows)
-    return root
 
 
 def _make_pipal(root: Path, size: int, split_dis: bool = False) -> Path:
@@ -193,10 +258,15 @@ def _make_pipal(root: Path, size: int, split_dis: bool = False) -> Path:
                 name = f"{ref}_{group}_{k:02d}.bmp"
                 folder = f"Distortion_{ref_i + 1}" if split_dis else "Train_Dis"
                 _save(paint.dist(ref, severity), root / folder / name)
-                lines.append(f"{name},{_score(severity, True, 1100.0, 1600.0):.4f}")
-        (root / "Train_Label").mkdir(exist_ok=True)
-        (root / "Train_Label" / f"{ref}.txt").write_text("\n".join(lines) + "\n")
+                lines.append((name, _score(severity, True, 1100.0, 1600.0)))
+        write_pipal_labels(root / "Train_Label" / f"{ref}.txt", lines)
     return root
+
+
+def write_pipal_labels(path: Path, pairs: Iterable[tuple[str, float]]) -> None:
+    """One PIPAL ``Train_Label/AXXXX.txt``: ``AXXXX_TT_NN.bmp,<Elo>`` per line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{name},{float(elo)!r}\n" for name, elo in pairs))
 
 
 LIVE_MD_SUFFIXES = {"blurjpeg": ("blur1", "blur1_jpeg1", "blur2_jpeg2", "jpeg1", "jpeg3"),
@@ -208,8 +278,8 @@ def _make_live_md(root: Path, size: int) -> Path:
     base = root / "LIVEmultidistortiondatabase"
     paint = _Painter(size, seed=6)
     for part, sub in (("Part 1", "blurjpeg"), ("Part 2", "blurnoise")):
-        names, scores, ref4dist = [], [], []
-        for ref_i, ref in enumerate(("babygirl", "wheel")):
+        names, scores = [], []
+        for ref in ("babygirl", "wheel"):
             _save(paint.ref(ref), base / part / sub / f"{ref}.bmp")
             for k, suffix in enumerate(LIVE_MD_SUFFIXES[sub]):
                 severity = k / 4.0
@@ -217,13 +287,23 @@ def _make_live_md(root: Path, size: int) -> Path:
                 _save(paint.dist(ref, severity), base / part / sub / name)
                 names.append(name)
                 scores.append(_score(severity, False, 5.0, 75.0))
-                ref4dist.append(ref_i + 1)
-        scipy.io.savemat(base / part / "Imagelists.mat", {
-            "distimgs": np.array(names, dtype=object).reshape(-1, 1),
-            "refimgs": np.array(["babygirl.bmp", "wheel.bmp"], dtype=object).reshape(-1, 1),
-            "ref4dist": np.array(ref4dist, dtype=np.float64).reshape(-1, 1)})
-        scipy.io.savemat(base / part / "Scores.mat", {"DMOSscores": np.array([scores])})
+        write_live_md_labels(base / part, names, scores)
     return root
+
+
+def write_live_md_labels(part_dir: Path, names: Sequence[str], scores: Sequence[float]) -> None:
+    """A LIVE-MD part's ``Imagelists.mat`` (distimgs, refimgs, ref4dist) and ``Scores.mat`` (DMOSscores).
+
+    The reference of ``<ref>_blur1_jpeg2.bmp`` is ``<ref>.bmp``; refimgs lists them in order of first use.
+    """
+    part_dir.mkdir(parents=True, exist_ok=True)
+    refs = [f"{name.split('_')[0]}.bmp" for name in names]
+    refimgs = list(dict.fromkeys(refs))
+    scipy.io.savemat(part_dir / "Imagelists.mat", {
+        "distimgs": np.array(names, dtype=object).reshape(-1, 1),
+        "refimgs": np.array(refimgs, dtype=object).reshape(-1, 1),
+        "ref4dist": np.array([refimgs.index(r) + 1 for r in refs], dtype=np.float64).reshape(-1, 1)})
+    scipy.io.savemat(part_dir / "Scores.mat", {"DMOSscores": np.array([scores], dtype=np.float64)})
 
 
 # (name in the MOS file, name on disk, level severity)
@@ -244,9 +324,15 @@ def _make_ivc(root: Path, size: int) -> Path:
         ref = label_name.split("_")[0]
         _save(paint.ref(ref), root / f"{ref}.bmp")
         _save(paint.dist(ref, severity), root / disk_name)
-        lines.append(f"{label_name}\t{_score(severity, True, 1.0, 5.0):.5f}")
-    (root / "ivc_mos.txt").write_text("\n".join(lines) + "\n")
+        lines.append((label_name, _score(severity, True, 1.0, 5.0)))
+    write_ivc_labels(root / "ivc_mos.txt", lines)
     return root
+
+
+def write_ivc_labels(path: Path, pairs: Iterable[tuple[str, float]]) -> None:
+    """An IVC MOS text file: one tab-separated ``<name> <MOS>`` pair per line (names as the MOS file spells them)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(f"{name}\t{float(mos)!r}\n" for name, mos in pairs))
 
 
 def _make_qads(root: Path, size: int) -> Path:
@@ -260,8 +346,8 @@ def _make_qads(root: Path, size: int) -> Path:
                 severity = (scale - 2) / 2.0 * 0.8 + 0.2 * (method - 1)
                 name = f"{ref}_{scale}_{method}.bmp"
                 _save(paint.dist(ref, severity), root / "super-resolved_images" / name)
-                lines.append(f"{_score(severity, True, 0.0, 1.0):.5f}  {name}")
-    (root / "mos_with_names.txt").write_text("\n".join(lines) + "\n")
+                lines.append((_score(severity, True, 0.0, 1.0), name))
+    write_score_name_lines(root / "mos_with_names.txt", lines, sep="  ")
     return root
 
 
