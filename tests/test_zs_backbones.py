@@ -325,7 +325,8 @@ def test_pos_embed_resize_methods():
     pos = torch.randn(1, 1 + 37 * 37, 8, generator=torch.Generator().manual_seed(0))
     legacy, hf, timm_ = (zb.resize_pos_embed(pos, (16, 16), m) for m in ("hf-legacy", "hf", "timm"))
     grid = pos[:, 1:].reshape(1, 37, 37, 8).permute(0, 3, 1, 2)
-    # transformers <= 4.44 (Dinov2Embeddings.interpolate_pos_encoding): scale factor (16 + 0.1) / 37, bicubic
+    # transformers <= 4.44 (Dinov2Embeddings.interpolate_pos_encoding): scale factor (16 + 0.1) / 37, bicubic;
+    # test_dinov2_reference.py checks the whole model against numbers stored from transformers 4.44.2 itself
     old = F.interpolate(grid, scale_factor=(16.1 / 37, 16.1 / 37), mode="bicubic", align_corners=False)
     assert torch.equal(legacy[:, 1:], old.permute(0, 2, 3, 1).reshape(1, 256, 8))
     new = F.interpolate(grid, size=(16, 16), mode="bicubic", align_corners=False)
