@@ -18,7 +18,6 @@ fitted logistic curve (the predictions CSV is the data behind each scatter plot)
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -39,6 +38,7 @@ from iqa_core import FeatureMetric, list_metrics, load_image  # noqa: E402
 from iqa_core.datasets import DatasetNotFoundError, load_dataset  # noqa: E402
 from iqa_core.metric import create_available_metrics  # noqa: E402
 from iqa_core.report import markdown_table  # noqa: E402
+from iqa_core.resumable_csv import ResumableCSV, StopRequested  # noqa: E402
 from iqa_core.stats import bootstrap_ci, correlations, logistic5, per_group  # noqa: E402
 
 PUBLISHED = ROOT / "data" / "published" / "published_correlations.csv"
@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--limit", type=int, help="score only the first N pairs of each dataset")
     p.add_argument("--out", default=str(ROOT / "results" / "ar_iqa"))
+    p.add_argument("--stop-after", type=int, metavar="N", help="stop once N new predictions are written, as if "
+                   "interrupted (a rerun resumes); splits a long run over several sessions")
     p.add_argument("--quick", action="store_true", help=f"metrics {','.join(QUICK_METRICS)}, first 40 pairs")
     args = p.parse_args(argv)
     if args.quick:
@@ -75,58 +77,32 @@ def build_metrics(names: str, device: str) -> dict[str, torch.nn.Module]:
     return metrics
 
 
-def read_done(path: Path) -> set[tuple[str, str]]:
-    """(metric, image) pairs already scored; a line cut short by an interruption does not count."""
-    if not path.is_file():
-        return set()
-    with path.open(newline="") as fh:
-        return {(row["metric"], row["dist"]) for row in csv.DictReader(fh) if _is_number(row.get("score"))}
+PREDICTION_COLUMNS = ["metric", "dist", "ref", "score"]
 
 
-def _is_number(text: str | None) -> bool:
-    try:
-        return np.isfinite(float(text))
-    except (TypeError, ValueError):
-        return False
-
-
-def _end_with_newline(path: Path) -> None:
-    """After a kill mid-line, start the next row on a line of its own."""
-    if path.is_file() and path.stat().st_size:
-        with path.open("rb+") as fh:
-            fh.seek(-1, 2)
-            if fh.read(1) != b"\n":
-                fh.write(b"\n")
-
-
-def score_dataset(dataset, records: list, metrics: dict, predictions: Path) -> None:
-    """Append one row per (metric, pair) not yet in ``predictions``; references are encoded once."""
-    done = read_done(predictions)
-    todo = [(name, rec) for name in metrics for rec in records if (name, rec.key) not in done]
-    print(f"{dataset.name}: {len(records)} pairs x {len(metrics)} metrics, {len(todo)} predictions to compute "
-          f"({len(records) * len(metrics) - len(todo)} cached in {predictions})")
-    if not todo:
-        return
-    by_metric_ref: dict[tuple[str, Path], list] = defaultdict(list)
-    for name, rec in todo:
-        by_metric_ref[(name, rec.ref)].append(rec)
-    new_file = not predictions.is_file()
-    _end_with_newline(predictions)
-    with predictions.open("a", newline="") as fh, tqdm(total=len(todo), desc=dataset.name, unit="pred") as bar:
-        writer = csv.writer(fh)
-        if new_file:
-            writer.writerow(["metric", "dist", "ref", "score"])
-        for (name, ref_path), recs in by_metric_ref.items():
-            metric = metrics[name]
-            ref = load_image(ref_path).to(metric.device)
-            with torch.no_grad():
-                cached = metric.reference_features(ref) if isinstance(metric, FeatureMetric) else None
-                for rec in recs:
-                    dist = load_image(rec.dist).to(metric.device)
-                    value = metric.score_against(dist, cached) if cached is not None else metric(dist, ref)
-                    writer.writerow([name, rec.key, _relative(dataset, rec.ref), repr(float(value[0]))])
-                    fh.flush()
-                    bar.update()
+def score_dataset(dataset, records: list, metrics: dict, predictions: Path, stop_after: int | None = None) -> int:
+    """Append one row per (metric, pair) not yet in ``predictions`` (iqa_core.resumable_csv: a row cut short by a
+    kill is scored again); references are encoded once. Returns the number of rows written."""
+    with ResumableCSV(predictions, PREDICTION_COLUMNS, PREDICTION_COLUMNS[:2], stop_after) as cache:
+        todo = [(name, rec) for name in metrics for rec in records if (name, rec.key) not in cache]
+        print(f"{dataset.name}: {len(records)} pairs x {len(metrics)} metrics, {len(todo)} predictions to compute "
+              f"({len(records) * len(metrics) - len(todo)} cached in {predictions})")
+        by_metric_ref: dict[tuple[str, Path], list] = defaultdict(list)
+        for name, rec in todo:
+            by_metric_ref[(name, rec.ref)].append(rec)
+        with tqdm(total=len(todo), desc=dataset.name, unit="pred") as bar:
+            for (name, ref_path), recs in by_metric_ref.items():
+                metric = metrics[name]
+                ref = load_image(ref_path).to(metric.device)
+                with torch.no_grad():
+                    cached = metric.reference_features(ref) if isinstance(metric, FeatureMetric) else None
+                    for rec in recs:
+                        dist = load_image(rec.dist).to(metric.device)
+                        value = metric.score_against(dist, cached) if cached is not None else metric(dist, ref)
+                        cache.add([name, rec.key, _relative(dataset, rec.ref), repr(float(value[0]))])
+                        cache.flush()
+                        bar.update()
+        return cache.written
 
 
 def _relative(dataset, path: Path) -> str:
@@ -231,10 +207,16 @@ def main(argv: list[str] | None = None) -> int:
     published = published_values()
     rows: list[dict] = []
     breakdown: list[dict] = []
+    budget = args.stop_after
     for dataset in datasets:
         records = list(dataset)[: args.limit] if args.limit else list(dataset)
         predictions = out / f"{dataset.name}_predictions.csv"
-        score_dataset(dataset, records, metrics, predictions)
+        try:
+            written = score_dataset(dataset, records, metrics, predictions, budget)
+        except StopRequested as stop:
+            print(stop)
+            return 0
+        budget = None if budget is None else budget - written
         rows += summarise(dataset, records, metrics, predictions, published, out, breakdown)
     write_tables(rows, breakdown, out)
     print((out / "table.md").read_text())

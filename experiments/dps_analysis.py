@@ -65,7 +65,7 @@ from iqa_core.deep_features import TapGrid  # noqa: E402
 from iqa_core.distortions import distort  # noqa: E402
 from iqa_core.io import load_image  # noqa: E402
 from iqa_core.report import markdown_table  # noqa: E402
-from iqa_core.resumable_csv import ResumableCSV  # noqa: E402
+from iqa_core.resumable_csv import ResumableCSV, StopRequested  # noqa: E402
 from iqa_core.samples import load_samples, shrink  # noqa: E402
 from iqa_core.stats import bootstrap_ci, spearman  # noqa: E402
 from iqa_core.weights import WeightsNotFoundError  # noqa: E402
@@ -107,6 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=str(ROOT / "results" / "dps_analysis"))
+    p.add_argument("--stop-after", type=int, metavar="N", help="stop once N new score rows are written, as if "
+                   "interrupted (a rerun resumes); splits a long run over several sessions")
     p.add_argument("--quick", action="store_true", help="backbone alexnet, taps relu1,relu3,relu5, comparators "
                    "unit-l2,gram-ssim, 2 images, 2 distortions, 128 px")
     args = p.parse_args(argv)
@@ -239,8 +241,8 @@ class ScoreCache(ResumableCSV):
 
     COLUMNS = ["backbone", "tap", "comparator", "pair", "score"]
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, self.COLUMNS, self.COLUMNS[:4])
+    def __init__(self, path: Path, stop_after: int | None = None) -> None:
+        super().__init__(path, self.COLUMNS, self.COLUMNS[:4], stop_after)
 
     def complete(self, backbone: str, cells: list[tuple[str, str]], pair: str) -> bool:
         return all((backbone, tap, comp, pair) in self.rows for tap, comp in cells)
@@ -759,9 +761,12 @@ def main(argv: list[str] | None = None) -> int:
     check_settings(out, args)
     source: Any = DatasetSource(args) if args.dataset else SampleSource(args)
     print(source.description)
-    cache = ScoreCache(out / "scores.csv")
+    cache = ScoreCache(out / "scores.csv", args.stop_after)
     try:
         costs, skipped_rows, tap_order = run_backbones(args, source, cache, out)
+    except StopRequested as stop:
+        print(stop)
+        return 0
     finally:
         cache.close()
     skipped = pd.DataFrame(skipped_rows, columns=["kind", "backbone", "tap", "comparator", "reason"])

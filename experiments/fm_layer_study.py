@@ -60,7 +60,7 @@ from iqa_core.deep_features import STRIDE, TapGrid  # noqa: E402
 from iqa_core.distortions import distort  # noqa: E402
 from iqa_core.io import load_image  # noqa: E402
 from iqa_core.report import markdown_table  # noqa: E402
-from iqa_core.resumable_csv import ResumableCSV  # noqa: E402
+from iqa_core.resumable_csv import ResumableCSV, StopRequested  # noqa: E402
 from iqa_core.samples import load_samples  # noqa: E402
 from iqa_core.stats import direction_sign, spearman  # noqa: E402
 from iqa_core.validation import IQAInputError, check_image  # noqa: E402
@@ -122,6 +122,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (0: torch's default). One is the "
                    "default: on a shared 2-core CPU it ran the VGG16 cells 2-3x faster than two")
     p.add_argument("--out", help="output folder (default results/fm_layer_study[/<dataset>])")
+    p.add_argument("--stop-after", type=int, metavar="N", help="stop once N new score rows are written, as if "
+                   "interrupted (a rerun resumes); splits a long run over several sessions")
     p.add_argument("--quick", action="store_true", help="; ".join(f"{k} {v}" for k, v in QUICK.items()))
     args = p.parse_args(argv)
     if args.quick:  # the quick sweep, where the command line kept the defaults
@@ -546,8 +548,12 @@ def run(args: argparse.Namespace) -> int:
     names, skipped = backbone_names(args.backbones)
     distances = _names(args.distances)
     pairs, source, mos_higher = study_pairs(args)
-    with ResumableCSV(out / "scores.csv", COLUMNS, KEY) as cache:
-        runs = run_backbones(args, names, skipped, pairs, source, cache)
+    with ResumableCSV(out / "scores.csv", COLUMNS, KEY, args.stop_after) as cache:
+        try:
+            runs = run_backbones(args, names, skipped, pairs, source, cache)
+        except StopRequested as stop:
+            print(stop)
+            return 0
         scores = scores_frame(cache, runs, distances, pairs)
     pd.DataFrame(list(skipped.items()), columns=["backbone", "reason"]).to_csv(out / "skipped.csv", index=False)
     if not runs:

@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 from iqa_core import FeatureMetric, IQAInputError, list_metrics, load_image  # noqa: E402
 from iqa_core.distortions import distort  # noqa: E402
 from iqa_core.metric import create_available_metrics  # noqa: E402
-from iqa_core.resumable_csv import ResumableCSV  # noqa: E402
+from iqa_core.resumable_csv import ResumableCSV, StopRequested  # noqa: E402
 from iqa_core.samples import load_samples  # noqa: E402
 from iqa_core.stats import direction_sign, spearman  # noqa: E402
 from iqa_core.transforms import GEOMETRIC_TRANSFORMS, apply_transform  # noqa: E402
@@ -79,6 +79,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, help="dataset mode: first N pairs")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=str(ROOT / "results" / "gdr_robustness"))
+    p.add_argument("--stop-after", type=int, metavar="N", help="stop once N new score rows are written, as if "
+                   "interrupted (a rerun resumes); splits a long run over several sessions")
     p.add_argument("--quick", action="store_true", help="2 images, 2 distortions, levels 1,3,5, severities 2,4, "
                    f"metrics {','.join(QUICK_METRICS)}")
     args = p.parse_args(argv)
@@ -120,8 +122,8 @@ class ScoreCache(ResumableCSV):
     """scores.csv, appended row by row; rows already present are never recomputed, a row cut short by a kill
     is scored again (iqa_core.resumable_csv). Levels are written as integers and severities with ``:g``."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, [*KEY, "score"], KEY)
+    def __init__(self, path: Path, stop_after: int | None = None) -> None:
+        super().__init__(path, [*KEY, "score"], KEY, stop_after)
 
     @staticmethod
     def _normalised(values: Sequence) -> list:
@@ -309,12 +311,17 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     metrics = build_metrics(args.metrics, args.device)
-    cache = ScoreCache(out / "scores.csv")
-    if args.dataset:
-        labels, dataset = run_dataset(args, metrics, cache)
-    else:
-        run_samples(args, metrics, cache)
-    cache.close()
+    cache = ScoreCache(out / "scores.csv", args.stop_after)
+    try:
+        if args.dataset:
+            labels, dataset = run_dataset(args, metrics, cache)
+        else:
+            run_samples(args, metrics, cache)
+    except StopRequested as stop:
+        print(stop)
+        return 0
+    finally:
+        cache.close()
     scores = pd.read_csv(out / "scores.csv")
     scores = scores[scores.metric.isin(metrics)].drop_duplicates(KEY, keep="last")  # a resumed group may repeat rows
     if args.dataset:

@@ -54,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", help="backbone weights file for the metric")
     p.add_argument("--out", help="output folder (default results/recover/<metric>_<init>)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
+    p.add_argument("--stop-after", type=int, metavar="N", help="run at most N steps in this invocation, then "
+                   "checkpoint and stop (a rerun resumes); splits a long run over several sessions")
     p.add_argument("--quick", action="store_true", help="96-pixel reference, 24 steps, lr decay every 8 (tests)")
     args = p.parse_args(argv)
     if args.quick:
@@ -139,14 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     start = 0
     checkpoint = out / "checkpoint.pt"
     if checkpoint.is_file() and not args.fresh:
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        state = load_checkpoint(checkpoint, device)
         if state["config"] == _config(args):
             pred.data.copy_(state["pred"])
             optimizer.load_state_dict(state["optimizer"])
             history, snapshots, start = state["history"], state["snapshots"], state["step"]
             print(f"resuming from step {start} ({checkpoint})")
 
-    for step in tqdm(range(start, args.steps + 1), initial=start, total=args.steps + 1, desc=args.metric):
+    stop = args.steps + 1 if args.stop_after is None else min(args.steps + 1, start + args.stop_after)
+    for step in tqdm(range(start, stop), initial=start, total=args.steps + 1, desc=args.metric):
         if step and step % args.decay_every == 0:
             # The official script starts a fresh Adam with the halved rate at each decay.
             optimizer = torch.optim.Adam([pred], lr=lr_at(step, args))
@@ -159,8 +162,13 @@ def main(argv: list[str] | None = None) -> int:
         history.append((step, loss.item(), lr_at(step, args)))
         if step % args.snapshot_every == 0 or step == args.steps:
             snapshots.append((step, float(loss), to_uint8(pred)))
-            torch.save({"config": _config(args), "pred": pred.detach(), "optimizer": optimizer.state_dict(),
-                        "history": history, "snapshots": snapshots, "step": step + 1}, checkpoint)
+        if step % args.snapshot_every == 0 or step + 1 == stop:
+            save_checkpoint(checkpoint, {"config": _config(args), "pred": pred.detach(), "step": step + 1,
+                                         "optimizer": optimizer.state_dict(), "history": history,
+                                         "snapshots": snapshots})
+    if stop <= args.steps:
+        print(f"stopped after step {stop - 1} of {args.steps} (--stop-after); run the same command again to resume")
+        return 0
 
     with torch.no_grad():
         final_loss = float(metric.loss(pred, ref).sum())
@@ -178,6 +186,21 @@ def main(argv: list[str] | None = None) -> int:
         f"{psnr:.2f} dB |\n")
     print(f"loss {history[0][1]:.6g} -> {final_loss:.6g}, PSNR {psnr:.2f} dB; wrote {out}")
     return 0
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """Tensors and plain values only (the snapshots' uint8 images as tensors), so that loading runs no code;
+    written to a temporary file first, so that a kill never leaves half a checkpoint."""
+    state = {**state, "snapshots": [(s, loss, torch.from_numpy(img)) for s, loss, img in state["snapshots"]]}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict:
+    state = torch.load(path, map_location=device, weights_only=True)
+    state["snapshots"] = [(s, loss, img.cpu().numpy()) for s, loss, img in state["snapshots"]]
+    return state
 
 
 def _config(args: argparse.Namespace) -> dict:

@@ -426,7 +426,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
 def load_checkpoint(path: Path, config: dict, device: torch.device) -> dict | None:
     if not path.is_file():
         return None
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = torch.load(path, map_location=device, weights_only=True)  # tensors and plain values only
     if state.get("config") != config:
         print(f"{config['loss']}: {path.name} was made with another configuration; training from the start")
         return None
@@ -629,8 +629,10 @@ def metrics_table(rows: list[Row], images: list[str], metric_names: list[str], c
 
 
 def own_loss_table(rows: list[Row], images: list[str], cache: ScoreCache, table: pd.DataFrame,
-                   directions: dict[str, bool]) -> pd.DataFrame:
-    """Per trained row: its own training loss on the held-out images against the baseline's, and its own metric."""
+                   directions: dict[str, bool], states: dict[str, dict]) -> pd.DataFrame:
+    """Per trained row: its own training loss on the held-out images against the baseline's, the same on the fixed
+    batch of training patches (the monitor: step 0 is the baseline, since every network starts there), and its own
+    metric."""
     baseline = rows[0]
     by_loss = table.set_index("training_loss")
     out = []
@@ -640,9 +642,12 @@ def own_loss_table(rows: list[Row], images: list[str], cache: ScoreCache, table:
         untrained = float(np.mean([cache.get(baseline.label, baseline.fingerprint, i, key) for i in images]))
         metric = OWN_METRIC.get(row.label.split("+")[0], "")
         metric = metric if metric in table.columns else ""
+        monitor = states[row.label]["monitor"]
         entry = {"training_loss": row.label, "baseline_loss": untrained, "trained_loss": trained,
                  "relative_change": trained / untrained - 1 if untrained else float("nan"),
-                 "beats_baseline_on_loss": trained < untrained, "own_metric": metric,
+                 "beats_baseline_on_loss": trained < untrained,
+                 "baseline_loss_train_patches": monitor[0][1], "trained_loss_train_patches": monitor[-1][1],
+                 "beats_baseline_on_train_patches": monitor[-1][1] < monitor[0][1], "own_metric": metric,
                  "baseline_metric": float(by_loss.loc[baseline.label, metric]) if metric else float("nan"),
                  "trained_metric": float(by_loss.loc[row.label, metric]) if metric else float("nan"),
                  "train_seconds": round(row.seconds, 1)}
@@ -868,7 +873,7 @@ def main(argv: list[str] | None = None) -> int:
     directions = {m: metrics[m].higher_is_better for m in metric_names}
     table = metrics_table(rows, list(images), metric_names, cache)
     table.to_csv(out / "metrics.csv", index=False, float_format="%.6g")
-    own = own_loss_table(rows, list(images), cache, table, directions)
+    own = own_loss_table(rows, list(images), cache, table, directions, states)
     own.to_csv(out / "own_loss.csv", index=False, float_format="%.6g")
     skipped += [("evaluation metric", name, reason) for name, reason in metric_skips.items()]
     pd.DataFrame(skipped, columns=["kind", "name", "reason"]).to_csv(out / "skipped.csv", index=False)

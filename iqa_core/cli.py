@@ -18,7 +18,7 @@ import torch
 
 from iqa_core.io import ImageReadError, load_image, load_map
 from iqa_core.metric import FeatureMetric, Metric, create_metric, list_metrics, metric_info
-from iqa_core.resumable_csv import ResumableCSV
+from iqa_core.resumable_csv import ResumableCSV, StopRequested
 from iqa_core.validation import IQAInputError
 from iqa_core.weights import WeightsNotFoundError
 
@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "(optional saliency_ref,saliency_dist); relative paths are taken from --root")
     batch.add_argument("--out", required=True, help="output CSV; rows already there are not recomputed")
     batch.add_argument("--root", help="folder that relative paths in --pairs start from (default: its folder)")
+    batch.add_argument("--stop-after", type=int, metavar="N", help="stop once N new rows are written, as if "
+                       "interrupted (a rerun resumes); splits a long run over several sessions")
     add_metric_options(batch)
 
     lister = sub.add_parser("list", help="list the registered metrics")
@@ -111,7 +113,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     if rows and not {"ref", "dist"} <= set(rows[0]):
         raise ValueError(f"{pairs_path}: needs columns 'ref' and 'dist', found {list(rows[0])}")
     out = Path(args.out)
-    with ResumableCSV(out, ["metric", "ref", "dist", "score"], ["metric", "ref", "dist"]) as cache:
+    with ResumableCSV(out, ["metric", "ref", "dist", "score"], ["metric", "ref", "dist"], args.stop_after) as cache:
         todo = [row for row in rows if (args.metric, row["ref"], row["dist"]) not in cache]
         print(f"{len(rows)} pairs, {len(rows) - len(todo)} already in {out}, {len(todo)} to score", file=sys.stderr)
         if todo:
@@ -162,6 +164,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {"score": cmd_score, "batch": cmd_batch, "list": cmd_list}[args.command]
     try:
         return handler(args)
+    except StopRequested as stop:
+        print(stop, file=sys.stderr)
+        return 0
     except USER_ERRORS as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"error: {message}", file=sys.stderr)

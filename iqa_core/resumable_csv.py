@@ -4,8 +4,13 @@
 already there are "done"), then appends new rows as they are computed. A run killed while writing can leave
 a last line without its newline; that line is not trusted (a cut-off number still parses as a number), it is
 cut from the file before anything is appended, so the row is simply computed again. Rows with the wrong
-number of fields are ignored; when a key occurs twice, the later row wins. Values are kept as the strings
-written (write floats with ``repr`` to keep every digit).
+number of fields are ignored; when a key occurs twice, the later row wins. A row whose key is already there is
+not written again (a resumed group of rows may recompute some that were finished). Values are kept as the
+strings written (write floats with ``repr`` to keep every digit).
+
+``stop_after=N`` (the scripts' ``--stop-after N``) ends the run on purpose once N new rows are on disk, by raising
+:class:`StopRequested`: a deterministic interruption, to split a long run over several sessions and to test that a
+resumed run ends with the rows of an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -16,7 +21,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["ResumableCSV"]
+__all__ = ["ResumableCSV", "StopRequested"]
+
+
+class StopRequested(Exception):
+    """``stop_after`` new rows are written: the run stops here, as if interrupted, and resumes when run again."""
 
 
 def _drop_partial_last_line(path: Path) -> None:
@@ -44,8 +53,11 @@ def _drop_partial_last_line(path: Path) -> None:
 class ResumableCSV:
     """Rows of ``columns`` keyed by ``key_columns`` (a prefix or any subset of the columns)."""
 
-    def __init__(self, path: str | os.PathLike, columns: Sequence[str], key_columns: Sequence[str]) -> None:
+    def __init__(self, path: str | os.PathLike, columns: Sequence[str], key_columns: Sequence[str],
+                 stop_after: int | None = None) -> None:
         self.path = Path(path)
+        self.stop_after = stop_after
+        self.written = 0  # rows appended by this instance
         self.columns = list(columns)
         missing = [c for c in key_columns if c not in self.columns]
         if missing:
@@ -91,12 +103,20 @@ class ResumableCSV:
         return (dict(zip(self.columns, row, strict=True)) for row in self.rows.values())
 
     def add(self, row: Sequence[object]) -> None:
-        """Append one row (written at the next :meth:`flush`)."""
+        """Append one row (written at the next :meth:`flush`) unless its key is already there."""
         if len(row) != len(self.columns):
             raise ValueError(f"expected {len(self.columns)} values ({self.columns}), got {len(row)}")
         values = [str(v) for v in row]
-        self.rows[self.key(values)] = values
+        key = self.key(values)
+        if key in self.rows:
+            return
+        self.rows[key] = values
         self._writer.writerow(values)
+        self.written += 1
+        if self.stop_after is not None and self.written >= self.stop_after:
+            self.flush()
+            raise StopRequested(f"stopped after {self.written} new rows in {self.path} (--stop-after); run the same "
+                                "command again to resume")
 
     def flush(self) -> None:
         self._fh.flush()

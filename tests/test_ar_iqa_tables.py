@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import csv
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,6 +12,7 @@ from fixtures_datasets import make_fixture
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "ar_iqa_tables.py"
 METRICS = "deepssim,deepssim-lite"
+pytestmark = pytest.mark.weights("vgg16")
 
 
 def _command(root: Path, out: Path) -> list[str]:
@@ -53,20 +52,36 @@ def test_quick_run_writes_every_output(tid_fixture, tmp_path):
     assert "| TID2013 | deepssim |" in proc.stdout
 
 
-def test_interrupted_run_resumes_without_recomputing(tid_fixture, tmp_path):
-    out = tmp_path / "out"
-    predictions = out / "TID2013_predictions.csv"
-    proc = subprocess.Popen(_command(tid_fixture, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and (not predictions.is_file() or len(predictions.read_text().splitlines()) < 6):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    before = _rows(predictions)
-    assert 0 < len(before) < 80, "the run must be cut short for this test to mean anything"
-    rerun = subprocess.run(_command(tid_fixture, out), capture_output=True, text=True, check=True)
-    assert f"({len(before)} cached" in rerun.stdout
-    after = _rows(predictions)
-    assert after[: len(before)] == before  # finished rows kept as they were
-    keys = [(r["metric"], r["dist"]) for r in after]
-    assert len(keys) == len(set(keys))  # and never computed twice
+def test_each_reference_is_encoded_once(tid_fixture, tmp_path, monkeypatch):
+    """One backbone pass per distorted image and one per reference, not two per pair."""
+    import importlib
+
+    from deepssim.deepssim import DeepSSIMLite
+    from iqa_core.datasets import load_dataset
+
+    tables = importlib.import_module("experiments.ar_iqa_tables")
+    passes = []
+    original = DeepSSIMLite.feature_map
+    monkeypatch.setattr(DeepSSIMLite, "feature_map", lambda self, x, mask=None: passes.append(1) or
+                        original(self, x, mask))
+    assert tables.main(["--dataset", "TID2013", "--root", str(tid_fixture), "--metrics", "deepssim-lite",
+                        "--quick", "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
+    records = list(load_dataset("TID2013", root=tid_fixture))[:40]
+    assert len(passes) == len(records) + len({r.ref for r in records}) < 2 * len(records)
+
+
+def test_interrupted_run_resumes_to_the_rows_of_an_uninterrupted_one(tid_fixture, tmp_path):
+    """--stop-after 7 stops the run after its 7th prediction (mid-reference); the rerun computes only the rest and
+    ends with the rows and tables of a run that was never interrupted."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    subprocess.run(_command(tid_fixture, straight), capture_output=True, text=True, check=True)
+    first = subprocess.run([*_command(tid_fixture, split), "--stop-after", "7"], capture_output=True, text=True,
+                           check=True)
+    assert "stopped after 7 new rows" in first.stdout and not (split / "table.csv").exists()
+    assert len(_rows(split / "TID2013_predictions.csv")) == 7
+    rerun = subprocess.run(_command(tid_fixture, split), capture_output=True, text=True, check=True)
+    assert "(7 cached" in rerun.stdout
+    predictions = (split / "TID2013_predictions.csv").read_bytes()
+    assert predictions == (straight / "TID2013_predictions.csv").read_bytes()  # same rows, same order, same values
+    for name in ("table.csv", "by_distortion.csv"):
+        assert (split / name).read_bytes() == (straight / name).read_bytes(), name

@@ -14,14 +14,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import metric_params
 
 import iqa_core.baselines as B  # importing registers the metrics
-from iqa_core import IQAInputError, create_metric, list_metrics, load_image
+from iqa_core import IQAInputError, create_metric, list_metrics, load_image, metric_info
 from iqa_core.backbones import L2Pool
 from iqa_core.cli import main as cli_main
 from iqa_core.weights import WeightsNotFoundError
 
-REL = 1e-4
+# The authors' packages' values are reproduced to <= 1.7e-7 relative (float32, 1 or 2 threads; measured).
+REL = 1e-6
 PAIRS = ["kadid_I47_03_05", "kadid_I47_22_02", "tid2013_i01_01_5"]
 DEEP = {"lpips-alex": "lpips_alex", "lpips-vgg": "lpips_vgg", "dists": "dists"}
 ALL = ["psnr", "ssim", "ms-ssim", "lpips-alex", "lpips-vgg", "dists"]
@@ -42,9 +44,17 @@ PIQ_TID = {
 PIQ_REL = 1e-5  # piq filters with a 2-D kernel, we with two 1-D passes: float32 rounding only
 
 
+class _Metrics(dict):
+    """Metrics built on first use, so that a test of PSNR does not need LPIPS's weights."""
+
+    def __missing__(self, name: str):
+        self[name] = create_metric(name).eval()
+        return self[name]
+
+
 @pytest.fixture(scope="module")
 def metrics():
-    return {name: create_metric(name).eval() for name in ALL}
+    return _Metrics()
 
 
 def _pair(reference_values, shared_data, name):
@@ -62,13 +72,14 @@ def test_registered():
     names = list_metrics()
     for name in ALL:
         assert name in names
-    assert not create_metric("lpips-alex").higher_is_better and create_metric("psnr").higher_is_better
+    assert not metric_info("lpips-alex").higher_is_better and metric_info("psnr").higher_is_better
 
 
 # ---------------------------------------------------------------------------------------------- LPIPS, DISTS
 
+@pytest.mark.weights("vgg16", "alexnet")
 @pytest.mark.parametrize("name", PAIRS)
-def test_lpips_and_dists_match_official_packages(name, reference_values, shared_data, metrics):
+def test_lpips_and_dists_match_official_packages(name, reference_values, shared_data, metrics, reference_threads):
     spec, dist, ref = _pair(reference_values, shared_data, name)
     for metric, key in DEEP.items():
         with torch.no_grad():
@@ -77,8 +88,8 @@ def test_lpips_and_dists_match_official_packages(name, reference_values, shared_
         assert score.item() == pytest.approx(spec[key], rel=REL), metric
 
 
-@pytest.mark.parametrize("metric", sorted(DEEP))
-def test_cli_reproduces_reference(metric, reference_values, shared_data, capsys):
+@pytest.mark.parametrize("metric", metric_params(sorted(DEEP)))
+def test_cli_reproduces_reference(metric, reference_values, shared_data, capsys, reference_threads):
     for name in PAIRS:
         spec = reference_values["baselines"]["pairs"][name]
         assert cli_main(["score", "--metric", metric, str(shared_data / spec["ref"]),
@@ -86,9 +97,10 @@ def test_cli_reproduces_reference(metric, reference_values, shared_data, capsys)
         out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         assert out["metric"] == metric and out["higher_is_better"] is False
         assert out["score"] == pytest.approx(spec[DEEP[metric]], rel=REL)
-        assert out["loss"] == pytest.approx(out["score"], rel=1e-6)
+        assert out["loss"] == out["score"]
 
 
+@pytest.mark.weights("vgg16", "alexnet")
 def test_reference_features_are_reusable(kadid, metrics):
     dist, ref = kadid
     for name in DEEP:
@@ -222,15 +234,15 @@ def test_ssim_downsample_factor_rounds_like_matlab():
 # ---------------------------------------------------------------------------------------------- shared properties
 
 @pytest.fixture(scope="module")
-def kadid(shared_data):
+def kadid(example_dir):
     """Two distorted versions of one reference, cropped to 256 x 320 to keep the CPU time small."""
-    folder = shared_data / "kadid10k_I47_sample"
+    folder = example_dir / "kadid10k_I47_sample"
     dists = torch.cat([load_image(folder / "I47_03_05.png"), load_image(folder / "I47_22_02.png")])
     crop = (slice(None), slice(None), slice(64, 320), slice(96, 416))
     return dists[crop].contiguous(), load_image(folder / "I47.png")[crop].contiguous()
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", metric_params(ALL))
 def test_batch_equals_single_calls(name, kadid, metrics):
     dists, ref = kadid
     metric = metrics[name]
@@ -243,7 +255,7 @@ def test_batch_equals_single_calls(name, kadid, metrics):
     assert torch.allclose(paired, single, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", metric_params(ALL))
 def test_identical_images_give_the_ideal_value(name, kadid, metrics):
     ref = kadid[1]
     metric = metrics[name]
@@ -259,7 +271,7 @@ def test_identical_images_give_the_ideal_value(name, kadid, metrics):
     assert loss == pytest.approx(0.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", metric_params(ALL))
 def test_loss_is_differentiable(name, kadid, metrics):
     dists, ref = kadid
     dist = dists[:1, :, :192, :192].clone().requires_grad_(True)
@@ -267,7 +279,7 @@ def test_loss_is_differentiable(name, kadid, metrics):
     assert dist.grad is not None and torch.isfinite(dist.grad).all() and dist.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("name", ["psnr", "ssim", "ms-ssim", "lpips-alex", "dists"])
+@pytest.mark.parametrize("name", metric_params(["psnr", "ssim", "ms-ssim", "lpips-alex", "dists"]))
 def test_gradient_matches_finite_difference(name, kadid):
     """Directional derivative of the score in float64: autograd equals a central difference. DISTS needs a
     tiny step: L2 pooling's sqrt(x^2 + 1e-12) bends sharply where activations are near zero."""
@@ -286,7 +298,7 @@ def test_gradient_matches_finite_difference(name, kadid):
     assert analytic == pytest.approx(numeric, rel=1e-5, abs=1e-12)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", metric_params(ALL))
 def test_bad_inputs_raise(name, kadid, metrics):
     dists, ref = kadid
     metric = metrics[name]

@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +20,7 @@ def _rows(path):
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.weights("vgg16")
 def test_batch_scores_pairs_and_resumes(tmp_path, example_dir, capsys):
     pairs = example_dir / "pairs.csv"
     out = tmp_path / "scores.csv"
@@ -57,6 +59,64 @@ def test_batch_scores_pairs_and_resumes(tmp_path, example_dir, capsys):
     assert _rows(out) == rows
 
 
+def _four_pairs(folder: Path) -> Path:
+    """pairs.csv of the KADID sample: two references with two distorted images each."""
+    kadid, names = "kadid10k_I47_sample/", ["I47.png", "I47_03_05.png", "I47_22_02.png"]
+    pairs = folder / "pairs.csv"
+    with open(pairs, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["ref", "dist"])
+        writer.writerows([kadid + ref, kadid + dist] for ref in names[:2] for dist in names if dist != ref)
+    return pairs
+
+
+@pytest.mark.weights("vgg16")
+def test_batch_stopped_and_resumed_equals_an_uninterrupted_run(tmp_path, example_dir, capsys):
+    """--stop-after 2 interrupts the run at a known row; the rerun finishes it: the same rows, the same values."""
+    pairs = _four_pairs(tmp_path)
+    common = ["batch", "--pairs", str(pairs), "--root", str(example_dir), *ROOT_ARGS]
+    assert main([*common, "--out", str(tmp_path / "straight.csv")]) == 0
+    assert main([*common, "--out", str(tmp_path / "split.csv"), "--stop-after", "2"]) == 0
+    assert "stopped after 2 new rows" in capsys.readouterr().err
+    assert len(_rows(tmp_path / "split.csv")) == 2
+    assert main([*common, "--out", str(tmp_path / "split.csv")]) == 0
+    assert "2 already in" in capsys.readouterr().err
+    assert (tmp_path / "split.csv").read_bytes() == (tmp_path / "straight.csv").read_bytes()
+    assert len(_rows(tmp_path / "straight.csv")) == 4
+
+
+@pytest.mark.weights("vgg16")
+def test_batch_encodes_each_reference_once(tmp_path, example_dir, monkeypatch):
+    """Four pairs of two references: six backbone passes (4 distorted images + 2 references), not eight."""
+    from deepssim.deepssim import DeepSSIMLite
+
+    passes = []
+    original = DeepSSIMLite.feature_map
+    monkeypatch.setattr(DeepSSIMLite, "feature_map", lambda self, x, mask=None: passes.append(x.shape) or
+                        original(self, x, mask))
+    pairs = _four_pairs(tmp_path)
+    assert main(["batch", "--pairs", str(pairs), "--root", str(example_dir), "--out", str(tmp_path / "s.csv"),
+                 *ROOT_ARGS]) == 0
+    assert len(passes) == 6 and len(_rows(tmp_path / "s.csv")) == 4
+
+
+@pytest.mark.weights("vgg16")
+def test_dtype_and_device_options(example_dir, capsys):
+    """--dtype float64 is the API's dtype=torch.float64 (not the float32 value), --device is where it ran."""
+    import torch
+
+    from iqa_core import create_metric, load_image
+
+    ref, dist = (example_dir / "kadid10k_I47_sample" / n for n in ("I47.png", "I47_03_05.png"))
+    argv = ["score", str(ref), str(dist), "--json", *ROOT_ARGS]
+    assert main([*argv, "--dtype", "float64", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    with torch.no_grad():
+        expected = create_metric("deepssim-lite", dtype=torch.float64)(load_image(dist), load_image(ref)).item()
+        single = create_metric("deepssim-lite")(load_image(dist), load_image(ref)).item()
+    assert out["score"] == expected and out["score"] != single and out["device"] == "cpu"
+
+
 def test_errors_exit_2_with_a_message(tmp_path, example_dir, capsys):
     bad = tmp_path / "bad.png"
     bad.write_text("not an image")
@@ -69,6 +129,7 @@ def test_errors_exit_2_with_a_message(tmp_path, example_dir, capsys):
     assert "not found" in capsys.readouterr().err
 
 
+@pytest.mark.weights("vgg16")
 def test_module_entry_point_prints_json_last(example_dir):
     ref = example_dir / "kadid10k_I47_sample" / "I47.png"
     proc = subprocess.run([sys.executable, "-m", "iqa_core", "score", "--metric", "deepssim", str(ref), str(ref),

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-from conftest import SHARED_DATA
+from conftest import ROOT, shared_file
 from fixtures_datasets import FIXTURE_COUNTS, FIXTURE_MAKERS, make_fixture, make_waterloo_fixture
 
 from iqa_core.datasets import (
@@ -22,7 +22,7 @@ from iqa_core.datasets import (
     resolve_path,
 )
 
-WATERLOO_DIR = SHARED_DATA / "iqa_labels_waterloo"
+WATERLOO_DIR = ROOT / "data" / "iqa_labels_waterloo"  # the repository's copy of the unified label lists
 
 
 @pytest.fixture(scope="module")
@@ -146,9 +146,7 @@ def test_live_deepwsd_order_sorts_folders_alphabetically(trees):
 def test_live_realigned_labels_of_the_shared_copy_match_waterloo(tmp_path):
     """The real dmos_realigned.mat (its 'orgs' is a non-standard 1x779 array: the loader falls back
     to dmos_new == 0) gives exactly the Waterloo LIVE list."""
-    mat, waterloo = SHARED_DATA / "live_release2_labels" / "dmos_realigned.mat", WATERLOO_DIR / "LIVE.csv"
-    if not (mat.is_file() and waterloo.is_file()):
-        pytest.skip("shared LIVE labels not present")
+    mat, waterloo = shared_file("data", "live_release2_labels", "dmos_realigned.mat"), WATERLOO_DIR / "LIVE.csv"
     shutil.copy(mat, tmp_path / "dmos_realigned.mat")
     (tmp_path / "refimgs").mkdir()
     scipy.io.savemat(tmp_path / "refnames_all.mat", {"refnames_all": np.array([["x.bmp"] * 982], dtype=object)})
@@ -217,9 +215,7 @@ def test_tid2013_deepwsd_order_is_type_major(trees):
 
 
 def test_tid2013_real_piq_pair_resolves(tmp_path):
-    pair = SHARED_DATA / "tid2013_piq_pair"
-    if not pair.is_dir():
-        pytest.skip("shared TID2013 pair not present")
+    pair = shared_file("data", "tid2013_piq_pair")
     (tmp_path / "distorted_images").mkdir()
     (tmp_path / "reference_images").mkdir()
     shutil.copy(pair / "i01_01_5.bmp", tmp_path / "distorted_images")
@@ -300,7 +296,6 @@ def test_waterloo_mode_on_the_tarball_layout(tmp_path):
     assert found.options["label_file"] == str(label)
 
 
-@pytest.mark.skipif(not WATERLOO_DIR.is_dir(), reason="shared Waterloo label files not present")
 @pytest.mark.parametrize("name", sorted(WATERLOO_DATASETS))
 def test_shared_waterloo_label_files_parse(name, tmp_path):
     ds = load_dataset(name, tmp_path, source="waterloo", label_file=str(WATERLOO_DIR / f"{name}.csv"),

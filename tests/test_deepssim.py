@@ -12,19 +12,24 @@ from iqa_core import IQAInputError, create_metric, load_image, load_map
 from iqa_core.cli import main as cli_main
 from iqa_core.weights import find_weights_file
 
-REL = 1e-4
+# Measured against the authors' code (float32, torch 2.14.1, this CPU): DeepSSIM 0 (identical floats) with 1 and 2
+# threads; the DeepSSIM-Lite loss 0 with 2 threads (the reference's setting) but 3.2e-6 with 1, because its global
+# structure term reduces 262,144 near-cancelling products whose float32 order follows the thread split.
+REL = 1e-6
 PAIRS = ["butterfly_shift050", "kadid_I47_03_05", "kadid_I47_22_02"]
+VGG16 = pytest.mark.weights("vgg16")
 
 
-def _pair(reference_values, shared_data, name):
+def _pair(reference_values, example_dir, name):
     spec = reference_values["deepssim"]["pairs"][name]
-    return spec, load_image(shared_data / spec["dist"]), load_image(shared_data / spec["ref"])
+    return spec, load_image(example_dir / spec["dist"]), load_image(example_dir / spec["ref"])
 
 
+@VGG16
 @pytest.mark.parametrize("name", PAIRS)
-def test_deepssim_and_lite_match_authors_code(name, reference_values, shared_data, deepssim_metric,
-                                             deepssim_lite_metric):
-    spec, dist, ref = _pair(reference_values, shared_data, name)
+def test_deepssim_and_lite_match_authors_code(name, reference_values, example_dir, deepssim_metric,
+                                             deepssim_lite_metric, reference_threads):
+    spec, dist, ref = _pair(reference_values, example_dir, name)
     with torch.no_grad():
         score = deepssim_metric(dist, ref)
         lite = deepssim_lite_metric(dist, ref)
@@ -33,24 +38,54 @@ def test_deepssim_and_lite_match_authors_code(name, reference_values, shared_dat
     assert lite.item() == pytest.approx(spec["deepssim_lite_loss"], rel=REL)
 
 
-def test_saliency_calibration_with_authors_maps(reference_values, shared_data, deepssim_sc_metric):
-    spec, dist, ref = _pair(reference_values, shared_data, "butterfly_shift050")
-    maps = shared_data / "deepssim_butterfly" / "saliency_maps"
+@VGG16
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", PAIRS)
+def test_every_thread_count_gives_the_authors_value_for_it(name, threads, authors_values, example_dir,
+                                                          deepssim_metric, deepssim_lite_metric, deepssim_sc_metric):
+    """The authors' float32 DeepSSIM-Lite loss itself moves by 3.2e-6 between 1 and 2 threads; ours follows it:
+    equal to the authors' value at the same thread count (measured: identical floats)."""
+    spec = authors_values["deepssim"]["pairs"][name]
+    dist, ref = load_image(example_dir / spec["dist"]), load_image(example_dir / spec["ref"])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            got = {"deepssim": deepssim_metric(dist, ref).item(), "deepssim_lite_loss": deepssim_lite_metric(dist, ref)
+                   .item()}
+            if "deepssim_with_saliency" in spec:
+                maps = example_dir / "deepssim_butterfly" / "saliency_maps"
+                got["deepssim_with_saliency"] = deepssim_sc_metric(
+                    dist, ref, saliency_dist=load_map(maps / "butterfly_shif_0.50.png"),
+                    saliency_ref=load_map(maps / "butterfly.png")).item()
+    finally:
+        torch.set_num_threads(before)
+    for quantity, value in got.items():
+        assert value == pytest.approx(spec[quantity][f"float32_threads{threads}"], rel=REL), quantity
+
+
+@VGG16
+def test_saliency_calibration_with_authors_maps(reference_values, example_dir, deepssim_sc_metric, reference_threads):
+    spec, dist, ref = _pair(reference_values, example_dir, "butterfly_shift050")
+    maps = example_dir / "deepssim_butterfly" / "saliency_maps"
     metric = deepssim_sc_metric
     with torch.no_grad():
         score = metric(dist, ref, saliency_dist=load_map(maps / "butterfly_shif_0.50.png"),
                        saliency_ref=load_map(maps / "butterfly.png"))
-    assert score.item() == pytest.approx(spec["deepssim_with_saliency"], rel=REL)
+    # the reference file gives this value to 6 decimals: agreement within its rounding (measured 3.8e-7)
+    assert score.item() == pytest.approx(spec["deepssim_with_saliency"], abs=5e-7)
     # The calibration must change the computation: without maps the plain score differs.
     assert abs(score.item() - spec["deepssim"]) > 1e-5
 
 
-def test_saliency_calibration_with_estimated_gbvs_maps(reference_values, shared_data, deepssim_sc_metric):
-    """Our GBVS maps stand in for the authors' ones: same score to 1e-4 on their demo pair."""
-    spec, dist, ref = _pair(reference_values, shared_data, "butterfly_shift050")
+@VGG16
+def test_saliency_calibration_with_estimated_gbvs_maps(reference_values, example_dir, deepssim_sc_metric):
+    """Our GBVS maps stand in for the authors' ones on their demo pair: measured 1.8e-5 relative (the maps differ by
+    at most one grey level, which moves a few pixels across the binarisation threshold)."""
+    spec, dist, ref = _pair(reference_values, example_dir, "butterfly_shift050")
     with torch.no_grad():
         score = deepssim_sc_metric(dist, ref)
-    assert score.item() == pytest.approx(spec["deepssim_with_saliency"], rel=REL)
+    assert score.item() == pytest.approx(spec["deepssim_with_saliency"], rel=3e-5)
 
 
 def _cli_json(argv, capsys):
@@ -58,30 +93,32 @@ def _cli_json(argv, capsys):
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
 
+@VGG16
 @pytest.mark.parametrize("metric,key", [("deepssim", "deepssim"), ("deepssim-lite", "deepssim_lite_loss")])
-def test_cli_reproduces_reference(metric, key, reference_values, shared_data, capsys):
+def test_cli_reproduces_reference(metric, key, reference_values, example_dir, capsys, reference_threads):
     spec = reference_values["deepssim"]["pairs"]["kadid_I47_22_02"]
-    out = _cli_json(["score", "--metric", metric, str(shared_data / spec["ref"]), str(shared_data / spec["dist"]),
+    out = _cli_json(["score", "--metric", metric, str(example_dir / spec["ref"]), str(example_dir / spec["dist"]),
                      "--json"], capsys)
     assert out["metric"] == metric
     assert out["score"] == pytest.approx(spec[key], rel=REL)
 
 
-def test_cli_saliency_maps_and_explicit_weights(reference_values, shared_data, capsys):
+@VGG16
+def test_cli_saliency_maps_and_explicit_weights(reference_values, example_dir, capsys, reference_threads):
     spec = reference_values["deepssim"]["pairs"]["butterfly_shift050"]
-    folder = shared_data / "deepssim_butterfly"
+    folder = example_dir / "deepssim_butterfly"
     weights = find_weights_file("vgg16")
     out = _cli_json(["score", "--metric", "deepssim-sc", str(folder / "butterfly.png"),
                      str(folder / "butterfly_shif_0.50.png"), "--weights", str(weights),
                      "--saliency-ref", str(folder / "saliency_maps" / "butterfly.png"),
                      "--saliency-dist", str(folder / "saliency_maps" / "butterfly_shif_0.50.png"), "--json"], capsys)
-    assert out["score"] == pytest.approx(spec["deepssim_with_saliency"], rel=REL)
+    assert out["score"] == pytest.approx(spec["deepssim_with_saliency"], abs=5e-7)
 
 
-def _small_batch(shared_data, n=3, size=(64, 96)):
+def _small_batch(example_dir, n=3, size=(64, 96)):
     """n different crops of the KADID images, so that the batch elements differ."""
-    ref = load_image(shared_data / "kadid10k_I47_sample" / "I47.png")
-    dist = load_image(shared_data / "kadid10k_I47_sample" / "I47_03_05.png")
+    ref = load_image(example_dir / "kadid10k_I47_sample" / "I47.png")
+    dist = load_image(example_dir / "kadid10k_I47_sample" / "I47_03_05.png")
     h, w = size
     offsets = [(40 * i, 50 * i) for i in range(n)]
     refs = torch.cat([ref[..., y:y + h, x:x + w] for y, x in offsets])
@@ -89,10 +126,11 @@ def _small_batch(shared_data, n=3, size=(64, 96)):
     return dists, refs
 
 
+@VGG16
 @pytest.mark.parametrize("fixture", ["deepssim_metric", "deepssim_lite_metric"])
-def test_batch_equals_single_calls(fixture, request, shared_data):
+def test_batch_equals_single_calls(fixture, request, example_dir):
     metric = request.getfixturevalue(fixture)
-    dists, refs = _small_batch(shared_data)
+    dists, refs = _small_batch(example_dir)
     with torch.no_grad():
         batch = metric(dists, refs)
         singles = torch.cat([metric(dists[i:i + 1], refs[i:i + 1]) for i in range(len(dists))])
@@ -101,8 +139,9 @@ def test_batch_equals_single_calls(fixture, request, shared_data):
     torch.testing.assert_close(batch, singles, rtol=1e-5, atol=1e-6)
 
 
-def test_one_reference_for_many_and_cached_reference_features(deepssim_metric, shared_data):
-    dists, refs = _small_batch(shared_data)
+@VGG16
+def test_one_reference_for_many_and_cached_reference_features(deepssim_metric, example_dir):
+    dists, refs = _small_batch(example_dir)
     ref = refs[:1]
     with torch.no_grad():
         broadcast = deepssim_metric(dists, ref)
@@ -112,15 +151,17 @@ def test_one_reference_for_many_and_cached_reference_features(deepssim_metric, s
     torch.testing.assert_close(cached, broadcast)
 
 
-def test_identical_images_score_one_and_lite_zero(deepssim_metric, deepssim_lite_metric, shared_data):
-    dists, _ = _small_batch(shared_data, n=2)
+@VGG16
+def test_identical_images_score_one_and_lite_zero(deepssim_metric, deepssim_lite_metric, example_dir):
+    dists, _ = _small_batch(example_dir, n=2)
     with torch.no_grad():
         torch.testing.assert_close(deepssim_metric(dists, dists), torch.ones(2))
         torch.testing.assert_close(deepssim_lite_metric(dists, dists), torch.zeros(2), atol=1e-6, rtol=0)
 
 
-def test_symmetric_and_size_independent(deepssim_metric, shared_data):
-    dists, refs = _small_batch(shared_data, n=1)
+@VGG16
+def test_symmetric_and_size_independent(deepssim_metric, example_dir):
+    dists, refs = _small_batch(example_dir, n=1)
     bigger_ref = torch.nn.functional.interpolate(refs, scale_factor=1.5, mode="bilinear", align_corners=False)
     with torch.no_grad():
         a = deepssim_metric(dists, bigger_ref.clamp(0, 1))
@@ -129,10 +170,11 @@ def test_symmetric_and_size_independent(deepssim_metric, shared_data):
     assert 0 < a.item() < 1
 
 
+@VGG16
 @pytest.mark.parametrize("fixture", ["deepssim_metric", "deepssim_lite_metric"])
-def test_gradients_reach_dist(fixture, request, shared_data):
+def test_gradients_reach_dist(fixture, request, example_dir):
     metric = request.getfixturevalue(fixture)
-    dists, refs = _small_batch(shared_data, n=2)
+    dists, refs = _small_batch(example_dir, n=2)
     dists = dists.clone().requires_grad_(True)
     metric.loss(dists, refs).sum().backward()
     assert dists.grad is not None and torch.isfinite(dists.grad).all()
@@ -140,8 +182,9 @@ def test_gradients_reach_dist(fixture, request, shared_data):
     assert all(p.grad is None for p in metric.parameters())  # the backbone stays frozen
 
 
-def test_float64_accumulation_agrees(shared_data, deepssim_metric):
-    dists, refs = _small_batch(shared_data, n=2)
+@VGG16
+def test_float64_accumulation_agrees(example_dir, deepssim_metric):
+    dists, refs = _small_batch(example_dir, n=2)
     metric64 = DeepSSIM(dtype=torch.float64).eval()
     with torch.no_grad():
         s32, s64 = deepssim_metric(dists, refs), metric64(dists, refs)
@@ -149,8 +192,9 @@ def test_float64_accumulation_agrees(shared_data, deepssim_metric):
     torch.testing.assert_close(s64.float(), s32, rtol=1e-4, atol=1e-5)
 
 
-def test_similarity_map_mean_is_the_score(deepssim_metric, shared_data):
-    dists, refs = _small_batch(shared_data, n=2)
+@VGG16
+def test_similarity_map_mean_is_the_score(deepssim_metric, example_dir):
+    dists, refs = _small_batch(example_dir, n=2)
     with torch.no_grad():
         smap = deepssim_metric.similarity_map(dists, refs)
         score = deepssim_metric(dists, refs)
@@ -172,8 +216,9 @@ def test_block_similarity_matches_a_direct_loop():
     torch.testing.assert_close(gram_matrix(f)[1], f[1].reshape(4, 15) @ f[1].reshape(4, 15).T)
 
 
-def test_saliency_variant_estimates_maps_when_none_given(shared_data, deepssim_sc_metric):
-    dists, refs = _small_batch(shared_data, n=2, size=(64, 64))
+@VGG16
+def test_saliency_variant_estimates_maps_when_none_given(example_dir, deepssim_sc_metric):
+    dists, refs = _small_batch(example_dir, n=2, size=(64, 64))
     metric = deepssim_sc_metric
     with torch.no_grad():
         estimated = metric(dists, refs)
@@ -183,6 +228,7 @@ def test_saliency_variant_estimates_maps_when_none_given(shared_data, deepssim_s
     torch.testing.assert_close(all_ones, plain)  # an all-ones mask is the uncalibrated metric
 
 
+@VGG16
 def test_bad_inputs_raise_clear_errors(deepssim_metric, deepssim_sc_metric):
     good = torch.rand(1, 3, 32, 32)
     with pytest.raises(IQAInputError, match="0..255"):
@@ -199,11 +245,13 @@ def test_bad_inputs_raise_clear_errors(deepssim_metric, deepssim_sc_metric):
         deepssim_sc_metric(good, good, saliency_dist=torch.ones(1, 1, 16, 16))
 
 
+@VGG16
 def test_smallest_accepted_image_runs(deepssim_metric):
     x = torch.rand(1, 3, 16, 16)
     assert deepssim_metric(x, x).item() == pytest.approx(1.0)
 
 
+@VGG16
 def test_registry_metadata():
     from iqa_core import list_metrics, metric_info
 

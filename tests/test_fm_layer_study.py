@@ -19,7 +19,7 @@ from iqa_core.metric import create_metric
 from iqa_core.resumable_csv import ResumableCSV
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "fm_layer_study.py"
-WEIGHTS = Path(__file__).resolve().parents[1].parent / "shared" / "weights"
+ALEXNET = pytest.mark.weights("alexnet")
 LAYER_COLUMNS = ["backbone", "tap", "tap_index", "distance", "srcc", "srcc_pooled", "n"]
 QUICK_PAIRS = 2 * 2 * 3  # images x distortions x levels
 
@@ -56,6 +56,7 @@ def quick_out(tmp_path_factory) -> Path:
     return out
 
 
+@ALEXNET
 def test_quick_outputs(quick_out):
     scores = pd.read_csv(quick_out / "scores.csv")
     assert list(scores.columns) == ["backbone", "tap", "distance", "image", "distortion", "level", "score"]
@@ -74,6 +75,7 @@ def test_quick_outputs(quick_out):
     assert pd.read_csv(quick_out / "skipped.csv").empty
 
 
+@ALEXNET
 @pytest.mark.parametrize("cell", [("relu3", "wsd", "chelsea", "jpeg", 5), ("relu5", "l2", "astronaut",
                                                                          "gaussian_blur", 3)])
 def test_scores_equal_deep_feature_metric(quick_out, cell):
@@ -90,6 +92,7 @@ def test_scores_equal_deep_feature_metric(quick_out, cell):
     assert row.score.iloc[0] == pytest.approx(expected, rel=1e-5, abs=1e-8)
 
 
+@ALEXNET
 def test_resume_recomputes_nothing(quick_out, count_passes, capsys):
     before = (quick_out / "scores.csv").read_bytes()
     assert study.main(["--quick", "--out", str(quick_out), "--device", "cpu"]) == 0
@@ -98,6 +101,7 @@ def test_resume_recomputes_nothing(quick_out, count_passes, capsys):
     assert (quick_out / "scores.csv").read_bytes() == before
 
 
+@ALEXNET
 def test_truncated_last_line_is_scored_again(quick_out, tmp_path, count_passes):
     out = tmp_path / "cut"
     shutil.copytree(quick_out, out)
@@ -112,11 +116,24 @@ def test_truncated_last_line_is_scored_again(quick_out, tmp_path, count_passes):
     pd.testing.assert_frame_equal(again, original, rtol=1e-6)
 
 
-def test_skipped_backbone_is_reported(tmp_path, monkeypatch, capsys):
+@ALEXNET
+def test_stopped_run_resumes_to_the_uninterrupted_rows(quick_out, tmp_path, capsys):
+    """--stop-after 10 stops mid-pair (a pair writes 6 rows); the rerun ends with the uninterrupted run's rows."""
+    split = tmp_path / "split"
+    assert study.main(["--quick", "--out", str(split), "--device", "cpu", "--stop-after", "10"]) == 0
+    assert "stopped after 10 new rows" in capsys.readouterr().out
+    assert len(pd.read_csv(split / "scores.csv")) == 10 and not (split / "layer_srcc.csv").exists()
+    assert study.main(["--quick", "--out", str(split), "--device", "cpu"]) == 0
+    for name in ("scores.csv", "layer_srcc.csv", "all_taps_srcc.csv"):
+        assert (split / name).read_bytes() == (quick_out / name).read_bytes(), name
+
+
+@ALEXNET
+def test_skipped_backbone_is_reported(tmp_path, monkeypatch, capsys, weights_dir):
     missing = "dinov1" if "dinov1" in list_backbones() else "vgg19"
     weights = tmp_path / "weights"  # AlexNet's weights only
     weights.mkdir()
-    shutil.copy(WEIGHTS / "tv_alexnet_features.pth", weights)
+    shutil.copy(weights_dir / "alexnet_features.pth", weights)
     monkeypatch.setenv("IQA_WEIGHTS_DIR", str(weights))
     monkeypatch.setenv("IQA_NO_DOWNLOAD", "1")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
@@ -141,6 +158,7 @@ def test_only_missing_backbones_fail_cleanly(tmp_path, monkeypatch, capsys):
     assert list(pd.read_csv(tmp_path / "out" / "skipped.csv").backbone) == ["vgg19"]
 
 
+@ALEXNET
 def test_all_taps_row_is_the_registered_metric(tmp_path):
     out = tmp_path / "all"
     args = ["--backbones", "alexnet", "--distances", "l2,jsd", "--images", "1", "--distortions", "gaussian_noise",
@@ -156,6 +174,7 @@ def test_all_taps_row_is_the_registered_metric(tmp_path):
     assert summed == pytest.approx(expected, rel=1e-5)
 
 
+@ALEXNET
 def test_dataset_mode_on_a_fixture(tmp_path):
     from fixtures_datasets import make_fixture
 

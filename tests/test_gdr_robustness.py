@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "gdr_robustness.py"
 KEY = ["metric", "image", "distortion", "level", "transform", "severity"]
@@ -14,11 +15,12 @@ METRICS = ["psnr", "ssim", "deepssim"]
 TRANSFORMS = ["translation", "scale", "rotation", "perspective", "elastic"]
 
 
-def _run(out: Path) -> subprocess.CompletedProcess:
+def _run(out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(SCRIPT), "--quick", "--metrics", ",".join(METRICS), "--images", "1",
-                           "--out", str(out), "--device", "cpu"], capture_output=True, text=True, check=True)
+                           "--out", str(out), "--device", "cpu", *extra], capture_output=True, text=True, check=True)
 
 
+@pytest.mark.weights("vgg16")
 def test_quick_outputs_and_resume(tmp_path):
     out = tmp_path / "gdr"
     first = _run(out)
@@ -55,6 +57,15 @@ def test_quick_outputs_and_resume(tmp_path):
     again = pd.read_csv(out / "scores.csv").drop_duplicates(KEY, keep="last")
     pd.testing.assert_frame_equal(again.sort_values(KEY, ignore_index=True), scores.sort_values(KEY, ignore_index=True))
     assert (out / "summary.csv").read_bytes() == summary_bytes
+
+    # Stopped at a known row (the 7th of a group of 11) and resumed: the rows and summary of the uninterrupted run.
+    split = tmp_path / "split"
+    stopped = _run(split, "--stop-after", "7")
+    assert "stopped after 7 new rows" in stopped.stdout and not (split / "summary.csv").exists()
+    assert len(pd.read_csv(split / "scores.csv")) == 7
+    _run(split)
+    assert (split / "scores.csv").read_bytes() == before
+    assert (split / "summary.csv").read_bytes() == summary_bytes
 
 
 def test_dataset_mode_on_a_fixture(tmp_path):

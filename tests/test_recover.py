@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "recover.py"
+pytestmark = pytest.mark.weights("vgg16")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -32,6 +33,19 @@ def test_recover_quick(tmp_path, metric, init):
     rerun = _run("--metric", metric, "--init", init, "--out", str(out))
     assert "resuming from step 25" in rerun.stdout
     assert (out / "final.png").read_bytes() == final_bytes
+
+
+def test_stopped_run_resumes_to_the_uninterrupted_result(tmp_path):
+    """--stop-after 10 checkpoints after step 9 and stops; the rerun continues from there (Adam state included) and
+    writes what an uninterrupted run writes."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    _run("--metric", "deepssim-lite", "--out", str(straight))
+    stopped = _run("--metric", "deepssim-lite", "--out", str(split), "--stop-after", "10")
+    assert "stopped after step 9 of 24" in stopped.stdout and not (split / "final.png").exists()
+    resumed = _run("--metric", "deepssim-lite", "--out", str(split))
+    assert "resuming from step 10" in resumed.stdout
+    for name in ("final.png", "loss.csv", "summary.md"):
+        assert (split / name).read_bytes() == (straight / name).read_bytes(), name
 
 
 def test_recover_reports_unknown_metric_and_missing_weights(tmp_path):

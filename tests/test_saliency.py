@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import SHARED_DATA
+from conftest import EXAMPLES
 
 from deepssim.saliency import binarize_saliency, gbvs, quantize_8bit, saliency_maps
 
-DATA_DIR = SHARED_DATA / "deepssim_butterfly"
+DATA_DIR = EXAMPLES / "deepssim_butterfly"  # the authors' demo pair and their GBVS maps (8-bit PNG)
 IMAGE_NAMES = ["butterfly.png", "butterfly_shif_0.50.png"]
-MIN_CORRELATION = 0.8
+# Measured: Pearson 0.99998789 and 0.99998760, every pixel within one grey level of the authors' map.
+MIN_CORRELATION = 0.99998
 
 
 def _load_pair(name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +43,9 @@ def test_correlates_with_authors_gbvs_map(name: str) -> None:
     ours = gbvs(image)
     assert ours.shape == authors_map.shape
     cc = float(np.corrcoef(ours.ravel(), authors_map.ravel())[0, 1])
-    assert cc >= MIN_CORRELATION, f"Pearson CC with the authors' map for {name} is {cc:.4f}"
+    assert cc >= MIN_CORRELATION, f"Pearson CC with the authors' map for {name} is {cc:.8f}"
+    rounded = quantize_8bit(torch.from_numpy(ours)).numpy()
+    assert np.abs(rounded - authors_map).max() <= 1 / 255 + 1e-12  # at most one grey level apart
 
 
 @pytest.mark.parametrize("name", IMAGE_NAMES)
@@ -52,7 +55,8 @@ def test_binary_mask_matches_authors_after_8bit_quantisation(name: str) -> None:
     ours_mask = binarize_saliency(ours)
     authors_mask = binarize_saliency(torch.from_numpy(authors_map))
     agreement = float((ours_mask == authors_mask).double().mean())
-    assert agreement >= 0.999, f"binary-mask agreement for {name} is {agreement:.5f}"
+    # measured: 24 and 10 of 716,800 / 358,400 pixels differ (0.99997), where the maps sit one grey level apart at 0
+    assert agreement >= 0.99995, f"binary-mask agreement for {name} is {agreement:.6f}"
 
 
 # (b) output contract --------------------------------------------------------------------------------

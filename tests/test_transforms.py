@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 
 import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as tvf
-from conftest import SHARED, SHARED_DATA
+from conftest import EXAMPLES
 from PIL import Image
 
 from iqa_core.transforms import (
@@ -27,8 +26,7 @@ from iqa_core.transforms import (
     zs_iqa_perturb,
 )
 
-ZS_JSON = SHARED / "reference" / "zs_iqa_reference.json"
-I47 = SHARED_DATA / "kadid10k_I47_sample" / "I47.png"
+I47 = EXAMPLES / "kadid10k_I47_sample" / "I47.png"
 NAMES = sorted(GEOMETRIC_TRANSFORMS)
 
 
@@ -40,10 +38,8 @@ def _smooth_image(batch: int = 2, height: int = 64, width: int = 96, seed: int =
 
 
 @pytest.fixture(scope="module")
-def zs_reference() -> dict:
-    if not ZS_JSON.exists() or not I47.exists():
-        pytest.skip(f"{ZS_JSON} or {I47} not present (the shared folder beside the checkout)")
-    return json.loads(ZS_JSON.read_text())["robustness_load_img_pct1_on_I47"]
+def robustness_reference(zs_reference) -> dict:
+    return zs_reference["robustness_load_img_pct1_on_I47"]
 
 
 # ---------------------------------------------------------------------------------------------------- ZS-IQA
@@ -55,12 +51,12 @@ def _entries(reference: dict) -> list[tuple[str, str]]:
     return [tuple(key.rsplit("_", 1)) for key in keys]
 
 
-def test_zs_iqa_load_img_matches_official_exactly(zs_reference: dict) -> None:
+def test_zs_iqa_load_img_matches_official_exactly(robustness_reference: dict) -> None:
     checked = 0
-    for kind, role in _entries(zs_reference):
+    for kind, role in _entries(robustness_reference):
         ref_img, dist_img = zs_iqa_load_pair(I47, I47, kind, 1)
         arr = np.asarray(ref_img if role == "ref" else dist_img, dtype=np.uint8)
-        expected = zs_reference[f"{kind}_{role}"]
+        expected = robustness_reference[f"{kind}_{role}"]
         assert list(arr.shape) == expected["shape"], (kind, role)
         assert hashlib.sha256(arr.tobytes()).hexdigest() == expected["sha256"], (kind, role)
         assert float(arr.mean()) == expected["mean"], (kind, role)
@@ -68,14 +64,14 @@ def test_zs_iqa_load_img_matches_official_exactly(zs_reference: dict) -> None:
     assert checked == 6
 
 
-def test_zs_iqa_perturb_on_open_images(zs_reference: dict) -> None:
+def test_zs_iqa_perturb_on_open_images(robustness_reference: dict) -> None:
     with Image.open(I47) as img:
         img.load()
         for kind in ("tra", "sca", "rot"):
             ref_img, dist_img = zs_iqa_perturb(img, img, kind, 1)
             for role, out in (("ref", ref_img), ("dis", dist_img)):
                 digest = hashlib.sha256(np.asarray(out, dtype=np.uint8).tobytes()).hexdigest()
-                assert digest == zs_reference[f"{kind}_{role}"]["sha256"]
+                assert digest == robustness_reference[f"{kind}_{role}"]["sha256"]
 
 
 def test_zs_iqa_geometry_for_larger_pct() -> None:

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import pytest
 import torch
-from conftest import ROOT, SHARED, needs_shared
+from conftest import ROOT
 
 from iqa_core import IQAInputError, create_metric, list_metrics, load_image
 from iqa_core.backbones import TapBackbone, create_backbone
@@ -23,15 +23,10 @@ from iqa_core.deep_features import DeepFeatureMetric, TapGrid, window_grid, wind
 from zs_iqa.distances import DISTANCES
 from zs_iqa.metrics import CNN_BACKBONES, EMBEDDING_BACKBONES, FOUNDATION_BACKBONES
 
-ZS_JSON = SHARED / "reference" / "zs_iqa_reference.json"
 KADID = ROOT / "data" / "examples" / "kadid10k_I47_sample"
-RTOL = 1e-4
-
-
-@pytest.fixture(scope="module")
-def zs_reference() -> dict:
-    needs_shared(ZS_JSON)
-    return json.loads(ZS_JSON.read_text())
+RTOL = 1e-6  # measured: at most 6e-8 relative from the authors' distances.py (float32)
+# Properties that do not depend on what a backbone learnt use torchvision's seeded random weights.
+RANDOM = {"weights": "random"}
 
 
 def formula_tensor(shape: Sequence[int], phase: float) -> torch.Tensor:
@@ -174,6 +169,7 @@ def kadid_pair() -> tuple[torch.Tensor, torch.Tensor]:
     return dist, ref
 
 
+@pytest.mark.weights("alexnet")  # on random features the distribution distances are too ill-conditioned (0.5 %)
 @pytest.mark.parametrize("distance", DISTANCES)
 def test_batch_equals_single_calls_and_broadcast_reference(kadid_pair, distance) -> None:
     dist, ref = kadid_pair
@@ -192,7 +188,7 @@ def test_batch_equals_single_calls_and_broadcast_reference(kadid_pair, distance)
 def test_gradients_flow_to_the_distorted_image(kadid_pair, name) -> None:
     dist, ref = kadid_pair
     dist = dist.clone().requires_grad_(True)
-    loss = create_metric(name).loss(dist, ref).sum()
+    loss = create_metric(name, **RANDOM).loss(dist, ref).sum()
     loss.backward()
     assert dist.grad is not None and torch.isfinite(dist.grad).all() and dist.grad.abs().sum() > 0
 
@@ -200,13 +196,13 @@ def test_gradients_flow_to_the_distorted_image(kadid_pair, name) -> None:
 def test_bad_taps_and_inputs_raise_clear_errors(kadid_pair) -> None:
     dist, ref = kadid_pair
     with pytest.raises(KeyError, match="has no tap"):
-        create_metric("zs-alexnet-l2", taps=["block3"])
+        create_metric("zs-alexnet-l2", taps=["block3"], **RANDOM)
     with pytest.raises(IQAInputError, match="0..255"):
-        create_metric("zs-alexnet-l2")(dist * 255, ref)
+        create_metric("zs-alexnet-l2", **RANDOM)(dist * 255, ref)
     with pytest.raises(IQAInputError):
-        create_metric("zs-alexnet-l2")(dist[..., :64, :], ref)
+        create_metric("zs-alexnet-l2", **RANDOM)(dist[..., :64, :], ref)
     with pytest.raises(KeyError, match="LPIPS has no head"):
-        DeepFeatureMetric("vgg16", "lpips", taps=["relu5_1"])
+        DeepFeatureMetric("vgg16", "lpips", taps=["relu5_1"], **RANDOM)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -217,8 +213,8 @@ def test_bad_taps_and_inputs_raise_clear_errors(kadid_pair) -> None:
 def test_gram_ssim_on_relu5_1_equals_deepssim(kadid_pair) -> None:
     dist, ref = kadid_pair
     with torch.no_grad():
-        expected = create_metric("deepssim")(dist, ref)
-        got = DeepFeatureMetric("vgg16", "gram-ssim", taps=["relu5_1"])(dist, ref)
+        expected = create_metric("deepssim", **RANDOM)(dist, ref)
+        got = DeepFeatureMetric("vgg16", "gram-ssim", taps=["relu5_1"], **RANDOM)(dist, ref)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=0)
 
 
@@ -227,8 +223,8 @@ def test_lpips_comparator_equals_lpips(kadid_pair, backbone, metric) -> None:
     dist, ref = kadid_pair
     taps = ["relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"] if backbone == "vgg16" else None
     with torch.no_grad():
-        expected = create_metric(metric)(dist, ref)
-        got = DeepFeatureMetric(backbone, "lpips", taps=taps)(dist, ref)
+        expected = create_metric(metric, **RANDOM)(dist, ref)
+        got = DeepFeatureMetric(backbone, "lpips", taps=taps, **RANDOM)(dist, ref)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=0)
 
 
@@ -246,7 +242,7 @@ def test_deepwsd_comparator_on_vgg19_l2pool_taps_equals_deepwsd_vgg(kadid_pair, 
 
 def test_tap_grid_cells_equal_single_tap_metrics(kadid_pair) -> None:
     dist, ref = kadid_pair
-    backbone = create_backbone("alexnet")
+    backbone = create_backbone("alexnet", **RANDOM)
     comparators = ["l2", "wsd", "gram-ssim", "lpips", "dists-uniform", "deepjsd"]
     grid = TapGrid(backbone, None, comparators)
     assert not grid.skipped and len(grid.cells) == 5 * len(comparators)
@@ -255,24 +251,24 @@ def test_tap_grid_cells_equal_single_tap_metrics(kadid_pair) -> None:
         for (tap, name), value in scores.items():
             single = DeepFeatureMetric(backbone, name, taps=[tap])(dist, ref)
             torch.testing.assert_close(value, single, rtol=1e-6, atol=0)
-    skipping = TapGrid(create_backbone("vgg16"), ["relu5_1", "relu5_3"], ["lpips"])
+    skipping = TapGrid(create_backbone("vgg16", **RANDOM), ["relu5_1", "relu5_3"], ["lpips"])
     assert list(skipping.cells) == [("relu5_3", "lpips")]
     assert "no head" in skipping.skipped[("relu5_1", "lpips")]
 
 
 def test_generic_metric_and_image_tap(kadid_pair) -> None:
     dist, ref = kadid_pair
-    metric = DeepFeatureMetric("alexnet", "cos-channel", taps=["relu2"])
+    metric = DeepFeatureMetric("alexnet", "cos-channel", taps=["relu2"], **RANDOM)
     assert metric.tap_names == ["relu2"] and not metric.higher_is_better
-    assert create_backbone("vgg16").default_taps[0] == "relu1_2"  # "image" is asked for explicitly
-    image_only = DeepFeatureMetric(create_backbone("alexnet", normalize=False), "l2", taps=["image"])
+    assert create_backbone("vgg16", **RANDOM).default_taps[0] == "relu1_2"  # "image" is asked for explicitly
+    image_only = DeepFeatureMetric(create_backbone("alexnet", normalize=False, **RANDOM), "l2", taps=["image"])
     with torch.no_grad():
         assert image_only(dist, ref).item() == pytest.approx(((dist - ref) ** 2).mean().item(), rel=1e-6)
 
 
 def test_sizes_may_differ_for_statistics_comparators(kadid_pair) -> None:
     dist, ref = kadid_pair
-    metric = DeepFeatureMetric("alexnet", "gram-ssim")
+    metric = DeepFeatureMetric("alexnet", "gram-ssim", **RANDOM)
     assert not metric.requires_same_size
     with torch.no_grad():
         assert torch.isfinite(metric(dist[..., :, :100], ref)).all()
@@ -288,6 +284,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.weights("alexnet")
 def test_cli_scores_a_pair_like_the_api() -> None:
     ref, dist = KADID / "I47.png", KADID / "I47_03_05.png"
     out = _run("--ref", str(ref), "--dist", str(dist), "--backbone", "alexnet", "--distance", "jsd",
@@ -300,6 +297,7 @@ def test_cli_scores_a_pair_like_the_api() -> None:
     assert result["taps"] == ["relu2", "relu3"] and result["higher_is_better"] is False
 
 
+@pytest.mark.weights("alexnet")
 def test_cli_errors_exit_2() -> None:
     out = _run("--ref", str(KADID / "I47.png"), "--dist", str(KADID / "missing.png"), "--backbone", "alexnet")
     assert out.returncode == 2 and "not found" in out.stderr
