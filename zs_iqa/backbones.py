@@ -64,7 +64,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import warnings
 import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -262,18 +261,18 @@ def _unwrap(obj: object, origin: str) -> dict[str, torch.Tensor]:
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file, a TorchScript archive or a ``torch.save`` file (loaded weights-only), told
-    apart by their content, not their names."""
+    """Tensors of a safetensors file, a TorchScript archive (its parameters and buffers, read as data by
+    :mod:`zs_iqa.torchscript_archive`, nothing in it compiled or run) or a ``torch.save`` file (loaded weights-only),
+    told apart by their content, not their names."""
     path = Path(path)
     if not zipfile.is_zipfile(path) and _is_safetensors(path):
         from safetensors.torch import load_file
 
         return _unwrap(load_file(str(path)), str(path))
     if _is_torchscript(path):
-        with warnings.catch_warnings():  # torch >= 2.10 marks TorchScript deprecated; only its tensors are read
-            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated", category=FutureWarning)
-            archive = torch.jit.load(str(path), map_location="cpu")
-        return _unwrap(dict(archive.state_dict()), str(path))
+        from zs_iqa.torchscript_archive import read_torchscript_state_dict  # imports this module
+
+        return _unwrap(read_torchscript_state_dict(path), str(path))
     return _unwrap(torch.load(path, map_location="cpu", weights_only=True), str(path))
 
 
