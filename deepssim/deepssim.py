@@ -39,6 +39,9 @@ PAPER = ("K. Zhang, W. Chen, T. Zhao, Z. Wang, Structural Similarity in Deep Fea
 EPS = 1e-6  # stabiliser of the structure term, official value
 BLOCK = 4  # side of the Gram-matrix blocks, official value
 TAP = "relu5_1"
+STRIDE = 16  # relu5_1 of VGG16: four 2x2 max pools
+#: Tile halo: relu5_1 sees 132 input pixels (16 i - 58 .. 16 i + 73 for position i), rounded up on the stride grid.
+HALO = 80
 
 
 def gram_matrix(features: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -83,21 +86,42 @@ def gram_structure_similarity(gram_dist: torch.Tensor, gram_ref: torch.Tensor, e
     return _structure_term(gram_dist, gram_ref, dims=(1, 2), eps=eps)
 
 
+def tiles(length: int, tile: int, halo: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """Along one side: (crop start, crop end, core start, core end) of each tile. Cores are consecutive runs of
+    ``tile`` pixels (the last one shorter) starting on the backbone's stride grid; crops add ``halo`` pixels on both
+    sides, clipped to the image. ``tile`` and ``halo`` are multiples of ``stride``, so every crop starts on the grid
+    and its features are the whole image's, shifted by a whole number of positions."""
+    out = []
+    for core in range(0, length, tile):
+        out.append((max(0, core - halo), min(length, core + tile + halo), core, min(length, core + tile)))
+    return out
+
+
 class _VGG16Relu51(FeatureMetric):
-    """Shared part: VGG16 up to relu5_1, ImageNet normalisation, optional conv1_1 mask."""
+    """Shared part: VGG16 up to relu5_1, ImageNet normalisation, optional conv1_1 mask, optional tiling.
+
+    ``tile`` (pixels, a multiple of 16; None: whole images) bounds the memory for large images, exactly: the Gram
+    matrix is a sum over positions, G = sum_p f_p f_p^T, so it is the sum of the Gram matrices of the relu5_1
+    features of overlapping crops, each crop contributing only its core. A crop is its core plus a halo of
+    :data:`HALO` pixels (at least half the receptive field, 132 px) on every side, and starts on the stride grid, so the
+    core's features are those of the whole image (zero padding at a crop's inner edges never reaches them).
+    Equal to the untiled value up to float summation order (tested to 1e-5)."""
 
     paper = PAPER
     requires_same_size = False
     #: Divide the Gram matrix by C*h*w (DeepSSIM-Lite) or not (DeepSSIM).
     normalize_gram = False
 
-    def __init__(self, weights: WeightsSource = None, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, weights: WeightsSource = None, dtype: torch.dtype | None = None,
+                 tile: int | None = None) -> None:
         super().__init__()
+        if tile is not None and (tile < STRIDE or tile % STRIDE):
+            raise ValueError(f"tile must be a positive multiple of {STRIDE} pixels, got {tile}")
+        self.tile = tile
         self.normalize = ImageNetNormalize()
         self.backbone = build_features("vgg16", weights, upto=TAP)
-        self.min_size = BACKBONES["vgg16"].min_size(TAP)
-        #: dtype of the Gram matrix and the statistics (None: the input's, float32 like the official code)
-        self.accumulate_dtype = dtype
+        self.min_size = BACKBONES["vgg16"].min_size((TAP,))
+        self.set_dtype(dtype)
 
     def feature_map(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """relu5_1 of the normalised image; ``mask`` multiplies the conv1_1 output before its ReLU."""
@@ -111,12 +135,28 @@ class _VGG16Relu51(FeatureMetric):
         return self.compare(self.features_from_map(dist_map), self.features_from_map(ref_map))
 
     def features_from_map(self, feature_map: torch.Tensor) -> torch.Tensor:
-        if self.accumulate_dtype is not None:
-            feature_map = feature_map.to(self.accumulate_dtype)
         return gram_matrix(feature_map, normalize=self.normalize_gram)
 
     def features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.features_from_map(self.feature_map(x, mask))
+        if self.tile is None or max(x.shape[-2:]) <= self.tile:
+            return self.features_from_map(self.feature_map(x, mask))
+        return self.tiled_gram(x, mask)
+
+    def tiled_gram(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The Gram matrix of the whole image's relu5_1 features, summed over tiles (class docstring)."""
+        height, width = x.shape[-2:]
+        gram, positions = None, 0
+        for top, bottom, core_top, core_bottom in tiles(height, self.tile, HALO, STRIDE):
+            for left, right, core_left, core_right in tiles(width, self.tile, HALO, STRIDE):
+                crop = (..., slice(top, bottom), slice(left, right))
+                features = self.feature_map(x[crop], None if mask is None else mask[crop])
+                rows = slice((core_top - top) // STRIDE, (core_bottom - top) // STRIDE)
+                cols = slice((core_left - left) // STRIDE, (core_right - left) // STRIDE)
+                core = features[..., rows, cols]
+                part = gram_matrix(core)
+                gram = part if gram is None else gram + part
+                positions += core.shape[-2] * core.shape[-1]
+        return gram / (gram.shape[-1] * positions) if self.normalize_gram else gram
 
 
 @register_metric("deepssim", description="DeepSSIM: SSIM structure term on 4x4 blocks of VGG16 relu5_1 Gram "
@@ -161,8 +201,8 @@ class DeepSSIMSC(DeepSSIM):
     name = "deepssim-sc"
 
     def __init__(self, weights: WeightsSource = None, dtype: torch.dtype | None = None,
-                 threshold: float = 0.0) -> None:
-        super().__init__(weights=weights, dtype=dtype)
+                 threshold: float = 0.0, tile: int | None = None) -> None:
+        super().__init__(weights=weights, dtype=dtype, tile=tile)
         self.threshold = threshold
 
     def saliency_mask(self, image: torch.Tensor, saliency: torch.Tensor | None = None) -> torch.Tensor:

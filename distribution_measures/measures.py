@@ -38,7 +38,7 @@ from distribution_measures.distances import (
     symmetric_kl,
     wasserstein_grid,
 )
-from iqa_core.backbones import BACKBONES, TapExtractor, build_features
+from iqa_core.backbones import BACKBONES, TapExtractor, TapRequirement, build_features
 from iqa_core.comparators import Comparator, register_comparator
 from iqa_core.metric import FeatureMetric, register_metric
 from iqa_core.validation import IQAInputError
@@ -176,15 +176,19 @@ class DistributionMeasure(FeatureMetric):
         self.variant = VARIANTS[variant]
         self.as_loss = as_loss
         self.resize = resize
-        #: dtype of the distance computation (None: float32 like the official code; float64 removes the
-        #: ~1e-4 relative float32 rounding that cancellations cause in near-identical columns)
-        self.accumulate_dtype = dtype
         spec = BACKBONES[self.variant.arch]
         ends = spec.ends(self.variant.taps)
         features = build_features(self.variant.arch, weights, upto=ends[-1], l2_pooling=self.variant.l2_pooling)
         self.backbone = TapExtractor(features, ends)
         #: The 1-D Wasserstein implementation (swap in ``wasserstein_grid_pot`` to cross-check or time POT).
         self.wasserstein = wasserstein_grid
+        self.min_size = spec.min_size(("image", *self.variant.taps), self.variant.l2_pooling, self.tap_requirement)
+        self.set_dtype(dtype)  # float64: the whole computation, as the authors' code with .double()
+
+    @property
+    def tap_requirement(self) -> TapRequirement:
+        """Every tap, the image included, must keep columns after the window fitting."""
+        return TapRequirement(fit_window=WINDOW, fit_rounding=self.variant.rounding)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, as_loss={self.as_loss}, resize={self.resize}"
@@ -196,8 +200,6 @@ class DistributionMeasure(FeatureMetric):
 
     def features_from_map(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
         """Each tap fitted to the window and read as (B, 64, L) columns."""
-        if self.accumulate_dtype is not None:
-            taps = [t.to(self.accumulate_dtype) for t in taps]
         fitted = [fit_to_window(t, WINDOW, self.variant.rounding) for t in taps]
         for name, tap, fit in zip(("image", *self.variant.taps), taps, fitted, strict=True):
             if fit.shape[-1] == 0 or fit.shape[-2] == 0:
@@ -277,6 +279,10 @@ class DistributionComparator(Comparator):
     """
 
     recipe = ""
+
+    @property
+    def tap_requirement(self) -> TapRequirement:  # type: ignore[override]
+        return TapRequirement(fit_window=WINDOW, fit_rounding=VARIANTS[self.recipe].rounding)
 
     def prepare(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
         out = []

@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from iqa_core import FeatureMetric, list_metrics, load_image  # noqa: E402
+from iqa_core.cli import device_argument, run_main  # noqa: E402
 from iqa_core.datasets import DatasetNotFoundError, load_dataset  # noqa: E402
 from iqa_core.metric import create_available_metrics  # noqa: E402
 from iqa_core.report import markdown_table  # noqa: E402
@@ -52,7 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metrics", default="all", help="registry names, comma-separated, or 'all' (those whose "
                    "weights resolve)")
     p.add_argument("--root", help="dataset root (one dataset only; default data/<name>)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=device_argument)
     p.add_argument("--limit", type=int, help="score only the first N pairs of each dataset")
     p.add_argument("--out", default=str(ROOT / "results" / "ar_iqa"))
     p.add_argument("--stop-after", type=int, metavar="N", help="stop once N new predictions are written, as if "
@@ -224,4 +225,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

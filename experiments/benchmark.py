@@ -4,6 +4,7 @@ distorted images against one reference whose features are computed once (one at 
     python experiments/benchmark.py                       # DeepSSIM family at 512x384 on the CPU
     python experiments/benchmark.py --device cuda --metrics deepssim --repeats 20
     python experiments/benchmark.py --quick               # tiny run for the tests
+    python experiments/benchmark.py --large 1024x768,2048x1536,4000x3000 --tile 512   # DeepSSIM, whole vs tiled
 
 Figures are printed and written to results/benchmark/benchmark_<device>.{csv,md}. No test asserts a
 time: read the numbers.
@@ -13,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import platform
 import resource
+import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from iqa_core import FeatureMetric, create_metric  # noqa: E402
+from iqa_core.cli import device_argument, run_main  # noqa: E402
 from iqa_core.timing import time_ms  # noqa: E402
 from iqa_core.validation import IQAInputError  # noqa: E402
 from iqa_core.weights import WeightsNotFoundError  # noqa: E402
@@ -118,6 +122,36 @@ def benchmark_metric(name: str, size: tuple[int, int], device: torch.device, rep
     return row
 
 
+def large_image_run(size: tuple[int, int], tile: int | None, device: torch.device) -> dict[str, object]:
+    """DeepSSIM on one random (h, w) pair, whole or tiled: seconds and peak memory of this process."""
+    h, w = size
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(1, 3, h, w, generator=g)
+    dist = (ref + 0.05 * torch.randn(ref.shape, generator=g)).clamp(0, 1)
+    metric, weights = build_metric("deepssim", random_fallback=True)
+    if tile is not None:
+        metric.tile = tile
+    metric = metric.to(device)
+    _reset_peak_memory(device)
+    with torch.no_grad():
+        ms = time_ms(lambda: metric(dist.to(device), ref.to(device)), repeats=1, warmup=0, device=device)
+    return {"size": f"{w}x{h}", "tile": tile or "whole", "seconds": round(ms / 1000, 1),
+            "peak_mib": round(peak_memory_mib(device)), "weights": weights}
+
+
+def large_image_table(sizes: list[tuple[int, int]], tile: int, device: torch.device) -> list[dict[str, object]]:
+    """Each (size, whole/tiled) run in a fresh process, so that one peak does not hide the next."""
+    rows = []
+    for h, w in sizes:
+        for t in (None, tile):
+            cmd = [sys.executable, __file__, "--_large-child", f"{w}x{h}", "--tile", str(t or 0),
+                   "--device", str(device)]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+            rows.append(json.loads(out))
+            print("  ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
+    return rows
+
+
 def _fmt(value: object) -> str:
     return f"{value:.1f}" if isinstance(value, float) else str(value)
 
@@ -126,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--metrics", default=",".join(DEFAULT_METRICS), help="comma-separated registry names")
     parser.add_argument("--size", default="512x384", help="WIDTHxHEIGHT of the synthetic pair")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", type=device_argument)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--n-dist", type=int, default=8, help="distorted images scored against one reference")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -136,7 +170,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-pot", action="store_true", help="do not time the POT reference path of DeepWSD")
     parser.add_argument("--no-random-weights", action="store_true",
                         help="skip metrics whose weights do not resolve instead of timing them with random weights")
+    parser.add_argument("--large", metavar="WxH,...",
+                        help="DeepSSIM on these sizes, whole and in --tile tiles: seconds and peak memory")
+    parser.add_argument("--tile", type=int, default=512, help="tile side for --large (a multiple of 16)")
+    parser.add_argument("--_large-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args._large_child:
+        w, h = (int(v) for v in args._large_child.lower().split("x"))
+        print(json.dumps(large_image_run((h, w), args.tile or None, torch.device(args.device))))
+        return 0
+    if args.large:
+        sizes = [tuple(int(v) for v in s.lower().split("x"))[::-1] for s in args.large.split(",")]
+        rows = large_image_table(sizes, args.tile, torch.device(args.device))
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "large_images.md", "w") as fh:
+            fh.write("| size | DeepSSIM | seconds | peak memory (MiB) |\n|---|---|---|---|\n")
+            for row in rows:
+                fh.write(f"| {row['size']} | {row['tile']} | {row['seconds']} | {row['peak_mib']} |\n")
+        print(f"wrote {out / 'large_images.md'}")
+        return 0
     if args.quick:
         args.size, args.repeats, args.n_dist = "160x160", 2, 2
         if args.metrics == parser.get_default("metrics"):
@@ -178,4 +231,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -60,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 
 from iqa_core import dps  # noqa: E402
 from iqa_core.backbones import backbone_info, create_backbone, list_backbones  # noqa: E402
+from iqa_core.cli import device_argument, run_main  # noqa: E402
 from iqa_core.comparators import comparator_info, list_comparators  # noqa: E402
 from iqa_core.deep_features import TapGrid  # noqa: E402
 from iqa_core.distortions import distort  # noqa: E402
@@ -105,7 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--best", type=int, default=3, help="cells (by merit) in the outlier study")
     p.add_argument("--gallery", type=int, default=6, help="outlier pairs shown in outliers.png")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=device_argument)
     p.add_argument("--out", default=str(ROOT / "results" / "dps_analysis"))
     p.add_argument("--stop-after", type=int, metavar="N", help="stop once N new score rows are written, as if "
                    "interrupted (a rerun resumes); splits a long run over several sessions")
@@ -794,4 +795,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from iqa_core.backbones import TapBackbone, create_backbone, list_backbones  # noqa: E402
+from iqa_core.cli import device_argument, run_main  # noqa: E402
 from iqa_core.deep_features import STRIDE, TapGrid  # noqa: E402
 from iqa_core.distortions import distort  # noqa: E402
 from iqa_core.io import load_image  # noqa: E402
@@ -118,7 +119,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--root", help="dataset root")
     p.add_argument("--limit", type=int, help="dataset mode: first N pairs")
     p.add_argument("--stride", type=int, default=STRIDE, help="sliding-window stride of windowed backbones")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=device_argument)
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (0: torch's default). One is the "
                    "default: on a shared 2-core CPU it ran the VGG16 cells 2-3x faster than two")
     p.add_argument("--out", help="output folder (default results/fm_layer_study[/<dataset>])")
@@ -165,7 +166,7 @@ def build_backbone(name: str, weights: str | None, device: str) -> tuple[TapBack
         return create_backbone(name, weights=weights).to(device), ""
     except (WeightsNotFoundError, ImportError) as err:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        return None, first.removesuffix(" Looked in:")
+        return None, first.split(" Looked in:")[0]
 
 
 def select_taps(backbone: TapBackbone, wanted: list[str]) -> list[str]:
@@ -573,4 +574,4 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from iqa_core import FeatureMetric, IQAInputError, list_metrics, load_image  # noqa: E402
+from iqa_core.cli import device_argument, run_main  # noqa: E402
 from iqa_core.distortions import distort  # noqa: E402
 from iqa_core.metric import create_available_metrics  # noqa: E402
 from iqa_core.resumable_csv import ResumableCSV, StopRequested  # noqa: E402
@@ -77,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", help="rated dataset name (iqa_core.load_dataset): SRCC/PLCC against MOS")
     p.add_argument("--root", help="dataset root")
     p.add_argument("--limit", type=int, help="dataset mode: first N pairs")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=device_argument)
     p.add_argument("--out", default=str(ROOT / "results" / "gdr_robustness"))
     p.add_argument("--stop-after", type=int, metavar="N", help="stop once N new score rows are written, as if "
                    "interrupted (a rerun resumes); splits a long run over several sessions")
@@ -338,4 +339,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -33,7 +33,9 @@ from tqdm import tqdm  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from iqa_core import WeightsNotFoundError, create_metric, load_image  # noqa: E402
+from iqa_core import create_metric, load_image  # noqa: E402
+from iqa_core.cli import device_argument, run_main  # noqa: E402
+from iqa_core.weights import InvalidWeightsError, read_state_file  # noqa: E402
 
 DEFAULT_REF = ROOT / "data" / "examples" / "kadid10k_I47_sample" / "I47.png"
 
@@ -50,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--min-lr", type=float, default=1e-5)
     p.add_argument("--snapshot-every", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=device_argument)
     p.add_argument("--weights", help="backbone weights file for the metric")
     p.add_argument("--out", help="output folder (default results/recover/<metric>_<init>)")
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
@@ -121,11 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     out = Path(args.out) if args.out else ROOT / "results" / "recover" / f"{args.metric}_{Path(args.init).stem}"
     out.mkdir(parents=True, exist_ok=True)
-    try:
-        metric = create_metric(args.metric, **({"weights": args.weights} if args.weights else {})).to(device)
-    except (KeyError, WeightsNotFoundError) as err:
-        print(f"error: {err.args[0] if isinstance(err, KeyError) else err}", file=sys.stderr)
-        return 2
+    metric = create_metric(args.metric, **({"weights": args.weights} if args.weights else {})).to(device)
     ref = load_reference(args.ref, args.size).to(device)
     init = initial_image(args.init, ref.cpu(), args.seed).to(device)
     try:
@@ -198,9 +196,13 @@ def save_checkpoint(path: Path, state: dict) -> None:
 
 
 def load_checkpoint(path: Path, device: torch.device) -> dict:
-    state = torch.load(path, map_location=device, weights_only=True)
-    state["snapshots"] = [(s, loss, img.cpu().numpy()) for s, loss, img in state["snapshots"]]
-    return state
+    """The checkpoint's tensors and plain values (loaded weights-only: a crafted file is refused, never run)."""
+    state = read_state_file(path, "checkpoint")
+    if not {"config", "pred", "optimizer", "step", "history", "snapshots"} <= set(state):
+        raise InvalidWeightsError(f"checkpoint file {path} was not written by this script; delete it or pass --fresh")
+    state["snapshots"] = [(s, loss, img.numpy()) for s, loss, img in state["snapshots"]]
+    state["pred"] = state["pred"].to(device)
+    return dict(state)
 
 
 def _config(args: argparse.Namespace) -> dict:
@@ -210,4 +212,4 @@ def _config(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -73,9 +73,11 @@ sys.path.insert(0, str(ROOT))
 
 from iqa_core import IQAInputError, WeightsNotFoundError, create_metric, list_metrics, load_image  # noqa: E402
 from iqa_core.baselines import MS_SSIM_WEIGHTS, WINDOW_SIZE, ms_ssim  # noqa: E402
+from iqa_core.cli import device_argument, run_main  # noqa: E402
 from iqa_core.metric import Metric, create_available_metrics  # noqa: E402
 from iqa_core.resumable_csv import ResumableCSV  # noqa: E402
 from iqa_core.samples import sample_images, shrink  # noqa: E402
+from iqa_core.weights import read_state_file  # noqa: E402
 
 LOSSES = ("l1", "mse", "ssim", "ms-ssim", "lpips-vgg", "dists", "deepwsd-vgg16", "deepssim-lite", "deepssim-lite+l1")
 HELD_OUT = ("chelsea", "coffee")
@@ -133,7 +135,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=25)
     p.add_argument("--stop-after", type=int, help="train at most this many steps per loss in this invocation, then "
                    "checkpoint and stop (a later run resumes); splits a long run over several sessions")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=device_argument)
     p.add_argument("--out", help="output folder (default results/train_restoration/<task>)")
     p.add_argument("--fresh", action="store_true", help="ignore existing checkpoints and scores and start over")
     p.add_argument("--quick", action="store_true", help="32 steps of 2 patches of 96 px, 2 held-out images at "
@@ -426,7 +428,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
 def load_checkpoint(path: Path, config: dict, device: torch.device) -> dict | None:
     if not path.is_file():
         return None
-    state = torch.load(path, map_location=device, weights_only=True)  # tensors and plain values only
+    state = dict(read_state_file(path, "checkpoint"))  # tensors and plain values only: a crafted file is refused
     if state.get("config") != config:
         print(f"{config['loss']}: {path.name} was made with another configuration; training from the start")
         return None
@@ -889,4 +891,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

@@ -7,8 +7,10 @@ computes exactly that tap.
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -17,9 +19,10 @@ import torchvision
 from torch import nn
 
 from iqa_core.registry import Registry
-from iqa_core.weights import WeightsSource, resolve_weights
+from iqa_core.weights import InvalidWeightsError, WeightsSource, resolve_weights
 
-__all__ = ["BackboneSpec", "BACKBONES", "build_features", "ImageNetNormalize", "TapExtractor", "L2Pool",
+__all__ = ["BackboneSpec", "BACKBONES", "TapRequirement", "tap_sizes", "min_input_side", "build_features",
+           "ImageNetNormalize", "TapExtractor", "L2Pool",
            "IMAGENET_MEAN", "IMAGENET_STD", "TapBackbone", "TorchvisionBackbone", "BackboneInfo", "register_backbone",
            "create_backbone", "list_backbones", "backbone_info", "torchvision_top1", "EMBEDDING"]
 
@@ -31,10 +34,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class BackboneSpec:
     arch: str
     taps: dict[str, int]  # tap name -> len(features[:n]) that ends at it
-    min_input: dict[str, int] = field(default_factory=dict)  # tap -> smallest input side leaving 1x1 there
-
-    def min_size(self, tap: str) -> int:
-        return self.min_input.get(tap, 1)
 
     def ends(self, taps: list[str] | tuple[str, ...]) -> list[int]:
         unknown = [t for t in taps if t not in self.taps]
@@ -42,24 +41,25 @@ class BackboneSpec:
             raise KeyError(f"{self.arch} has no tap {unknown}; its taps are {list(self.taps)}")
         return [self.taps[t] for t in taps]
 
+    def min_size(self, taps: Sequence[str], l2_pooling: bool = False,
+                 requirement: TapRequirement | None = None) -> int:
+        """The smallest square input side for which every tap in ``taps`` exists and meets ``requirement``."""
+        return min_input_side(self.arch, tuple(taps), l2_pooling, requirement or TapRequirement())
+
 
 BACKBONES: dict[str, BackboneSpec] = {
     "vgg16": BackboneSpec(
         "vgg16",
         taps={"relu1_2": 4, "relu2_2": 9, "relu3_3": 16, "relu4_3": 23, "relu5_1": 26, "relu5_3": 30},
-        min_input={"relu1_2": 1, "relu2_2": 2, "relu3_3": 4, "relu4_3": 8, "relu5_1": 16, "relu5_3": 16},
     ),
     "alexnet": BackboneSpec(
         "alexnet",
         taps={"relu1": 2, "relu2": 5, "relu3": 8, "relu4": 10, "relu5": 12},
-        # conv1 is 11x11 stride 4 (pad 2), then 3x3 stride-2 max pools without padding.
-        min_input={"relu1": 7, "relu2": 15, "relu3": 31, "relu4": 31, "relu5": 31},
     ),
     # The taps below are the stage cuts of the deep distribution measures' official code (TIP 2024).
     "vgg19": BackboneSpec(
         "vgg19",
         taps={"relu1_2": 4, "relu2_2": 9, "relu3_4": 18, "relu4_4": 27, "relu5_4": 36},
-        min_input={"relu1_2": 1, "relu2_2": 2, "relu3_4": 4, "relu4_4": 8, "relu5_4": 16},
     ),
     # squeezenet1_1: conv 3x3/2 + ReLU | pool, fire2, fire3 | pool, fire4, fire5 | pool, fire6..fire9
     "squeezenet1_1": BackboneSpec("squeezenet1_1", taps={"relu1": 2, "fire3": 5, "fire5": 8, "fire9": 13}),
@@ -73,6 +73,73 @@ BACKBONES: dict[str, BackboneSpec] = {
         "efficientnet_b7",
         taps={"stage1": 2, "stage2": 3, "stage3": 4, "stage4": 5, "stage5": 6, "stage6": 7, "stage7": 8}),
 }
+
+
+@dataclass(frozen=True)
+class TapRequirement:
+    """What a comparator needs of each tap's spatial size (h, w): at least ``min_positions`` positions, and, with
+    ``fit_window``, columns left after the distribution measures' window fitting (``R(side / window) >= 1`` with
+    ``R`` = Python's round, half to even, or ceil)."""
+
+    min_positions: int = 1
+    fit_window: int | None = None
+    fit_rounding: str = "round"
+
+    def ok(self, height: int, width: int) -> bool:
+        if height < 1 or width < 1 or height * width < self.min_positions:
+            return False
+        if self.fit_window is None:
+            return True
+        rnd = {"round": round, "ceil": math.ceil}[self.fit_rounding]
+        return rnd(height / self.fit_window) >= 1 and rnd(width / self.fit_window) >= 1
+
+
+@functools.cache
+def _meta_features(arch: str, l2_pooling: bool) -> nn.Sequential:
+    """The architecture's ``features`` on the meta device: shapes without memory or arithmetic."""
+    with torch.device("meta"):
+        features = getattr(torchvision.models, arch)(weights=None).features
+        return (_with_l2_pooling(features) if l2_pooling else features).eval()
+
+
+def tap_sizes(arch: str, taps: Sequence[str], side: int, l2_pooling: bool = False) -> dict[str, tuple[int, int]] | None:
+    """Spatial size of each tap (``image``: the input) for a ``side`` x ``side`` input; None where a layer of the
+    architecture cannot process it (an output that would be empty)."""
+    spec = BACKBONES[arch]
+    features = _meta_features(arch, l2_pooling)
+    ends = {t: spec.taps[t] for t in taps if t != "image"}
+    sizes = {"image": (side, side)} if "image" in taps else {}
+    x = torch.empty(1, 3, side, side, device="meta")
+    start = 0
+    for tap, end in sorted(ends.items(), key=lambda item: item[1]):
+        try:
+            x = features[start:end](x)
+        except (RuntimeError, ValueError):  # "output size is too small"
+            return None
+        if x.shape[-1] < 1 or x.shape[-2] < 1:
+            return None
+        sizes[tap] = (int(x.shape[-2]), int(x.shape[-1]))
+        start = end
+    return sizes
+
+
+@functools.cache
+def min_input_side(arch: str, taps: tuple[str, ...], l2_pooling: bool = False,
+                   requirement: TapRequirement = TapRequirement(), limit: int = 4096) -> int:
+    """The smallest square input side at which every tap exists and meets ``requirement``, found by bisection over
+    the architecture's own shape arithmetic (it only grows with the input)."""
+
+    def feasible(side: int) -> bool:
+        sizes = tap_sizes(arch, taps, side, l2_pooling)
+        return sizes is not None and all(requirement.ok(*hw) for hw in sizes.values())
+
+    if not feasible(limit):
+        raise ValueError(f"{arch} taps {list(taps)} do not meet {requirement} even at {limit} px")
+    low, high = 0, limit  # feasible(high), not feasible(low)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if feasible(mid) else (mid, high)
+    return high
 
 
 class L2Pool(nn.Module):
@@ -122,10 +189,17 @@ def build_features(arch: str, weights: WeightsSource = None, upto: str | int | N
     features: nn.Sequential = model.features
     prefix = "features."
     local = {k[len(prefix):]: v for k, v in state.items()}
-    missing, unexpected = features.load_state_dict(local, strict=False)
-    if missing or unexpected:
-        raise ValueError(f"weights for {arch} do not fit torchvision's {arch}().features: "
-                         f"missing {missing[:4]}, unexpected {unexpected[:4]}")
+    own = features.state_dict()
+    missing = [k for k in own if k not in local]
+    unexpected = [k for k in local if k not in own]
+    shapes = [f"{k} {tuple(local[k].shape)} (expected {tuple(own[k].shape)})" for k in own
+              if k in local and local[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise InvalidWeightsError(f"weights for {arch} do not fit torchvision's {arch}().features: "
+                                  + "; ".join(f"{what} {items[:3]}" for what, items in (
+                                      ("missing", missing), ("unexpected", unexpected), ("shapes", shapes)) if items)
+                                  + "; are they weights of another architecture?")
+    features.load_state_dict(local)
     if upto is not None:
         n = BACKBONES[arch].taps[upto] if isinstance(upto, str) else int(upto)
         features = features[:n]
@@ -217,6 +291,11 @@ class TapBackbone(nn.Module):
     def forward(self, x: torch.Tensor, taps: Sequence[str] | None = None) -> list[torch.Tensor]:
         raise NotImplementedError
 
+    def min_size_for(self, taps: Sequence[str], requirement: TapRequirement | None = None) -> int:
+        """The smallest image side at which ``taps`` exist and meet ``requirement`` (windowed backbones: the
+        window, which fixes the taps' sizes)."""
+        return self.window or self.min_size
+
     def train(self, mode: bool = True) -> TapBackbone:
         return super().train(False)  # frozen feature extractors: BatchNorm statistics and dropout stay off
 
@@ -238,7 +317,11 @@ class TorchvisionBackbone(TapBackbone):
         self.spec = spec
         self.normalize = ImageNetNormalize() if normalize else nn.Identity()
         self.features = build_features(arch, weights, l2_pooling=l2_pooling)
-        self.min_size = max(spec.min_input.values(), default=1)
+        self.l2_pooling = l2_pooling
+        self.min_size = spec.min_size(tuple(spec.taps), l2_pooling)
+
+    def min_size_for(self, taps: Sequence[str], requirement: TapRequirement | None = None) -> int:
+        return self.spec.min_size(taps, self.l2_pooling, requirement)
 
     def forward(self, x: torch.Tensor, taps: Sequence[str] | None = None) -> list[torch.Tensor]:
         taps = self.check_taps(taps)

@@ -46,9 +46,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from iqa_core.backbones import BACKBONES, ImageNetNormalize, TapExtractor, build_features
+from iqa_core.backbones import BACKBONES, ImageNetNormalize, TapExtractor, TapRequirement, build_features
 from iqa_core.metric import FeatureMetric, Metric, register_metric
-from iqa_core.weights import WeightsNotFoundError, WeightsSource
+from iqa_core.validation import IQAInputError
+from iqa_core.weights import (
+    InvalidWeightsError,
+    WeightsNotFoundError,
+    WeightsSource,
+    check_finite,
+    read_state_file,
+)
 
 __all__ = [
     "PSNR", "SSIM", "MSSSIM", "LPIPS", "LPIPSAlex", "LPIPSVGG", "DISTS",
@@ -109,11 +116,7 @@ class _NoBackbone(Metric):
         if weights is not None:
             raise ValueError(f"{self.name} has no backbone; weights= must be None, got {weights!r}")
         self.color = _check_color(color)
-        #: dtype of the computation (None: the input's, float32 for images from load_image)
-        self.compute_dtype = dtype
-
-    def _cast(self, x: torch.Tensor) -> torch.Tensor:
-        return x if self.compute_dtype is None else x.to(self.compute_dtype)
+        self.set_dtype(dtype)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, color={self.color!r}"
@@ -151,11 +154,11 @@ class PSNR(_NoBackbone):
         super().__init__(color, weights, dtype)
 
     def score(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return psnr(self._cast(dist), self._cast(ref), self.color)
+        return psnr(dist, ref, self.color)
 
     def loss(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         dist, ref = self.prepare_pair(dist, ref)
-        return _mse(to_luminance(self._cast(dist), self.color), to_luminance(self._cast(ref), self.color))
+        return _mse(to_luminance(dist, self.color), to_luminance(ref, self.color))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,7 +250,7 @@ def ssim(dist: torch.Tensor, ref: torch.Tensor, color: str = "y", downsample: bo
         f = ssim_downsample_factor(*x.shape[-2:])
         x, y = matlab_box_downsample(x, f), matlab_box_downsample(y, f)
     if min(x.shape[-2:]) < WINDOW_SIZE:
-        raise ValueError(f"SSIM needs at least {WINDOW_SIZE}x{WINDOW_SIZE} pixels (after downsampling), "
+        raise IQAInputError(f"SSIM needs at least {WINDOW_SIZE}x{WINDOW_SIZE} pixels (after downsampling), "
                          f"got {tuple(x.shape[-2:])}")
     ssim_val, _ = _ssim_maps(x, y, gaussian_window(dtype=x.dtype, device=x.device))
     return ssim_val.mean(dim=1)
@@ -266,7 +269,8 @@ def ms_ssim(dist: torch.Tensor, ref: torch.Tensor, color: str = "y",
     levels = len(weights)
     need = (WINDOW_SIZE - 1) * 2 ** (levels - 1) + 1
     if min(x.shape[-2:]) < need:
-        raise ValueError(f"MS-SSIM with {levels} scales needs at least {need}x{need} pixels, got {tuple(x.shape[-2:])}")
+        raise IQAInputError(f"MS-SSIM with {levels} scales needs at least {need}x{need} pixels, got "
+                            f"{tuple(x.shape[-2:])}")
     g = gaussian_window(dtype=x.dtype, device=x.device)
     w = torch.tensor(weights, dtype=x.dtype, device=x.device)
     result = None
@@ -297,7 +301,7 @@ class SSIM(_NoBackbone):
         self.downsample = downsample
 
     def score(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return ssim(self._cast(dist), self._cast(ref), self.color, self.downsample)
+        return ssim(dist, ref, self.color, self.downsample)
 
     def loss(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return 1 - self(dist, ref)
@@ -317,7 +321,7 @@ class MSSSIM(_NoBackbone):
         super().__init__(color, weights, dtype)
 
     def score(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return ms_ssim(self._cast(dist), self._cast(ref), self.color)
+        return ms_ssim(dist, ref, self.color)
 
     def loss(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         return 1 - self(dist, ref)
@@ -399,15 +403,14 @@ def _load_state(source: HeadsSource, what: str, filename: str, package: str, par
         if path is None:
             raise WeightsNotFoundError(
                 f"no {what}: put {filename} (a copy of {pip_name}'s {'/'.join(parts)}) in $IQA_WEIGHTS_DIR, pass "
-                f"heads=PATH, or `pip install {pip_name}` (only its data file is used). Looked in:\n  - "
-                + "\n  - ".join(tried))
+                f"heads=PATH, or `pip install {pip_name}` (only its data file is used). Looked in: "
+                + "; ".join(tried) + ".")
         expected = HEADS_SHA256.get(filename)
         if expected is not None and _sha256(path) != expected:
             warnings.warn(f"{path}: sha256 differs from {pip_name}'s {'/'.join(parts)}; using it anyway",
                           stacklevel=3)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+    state = read_state_file(path, what)
+    check_finite(state, str(path))
     return state, str(path)
 
 
@@ -448,8 +451,8 @@ def load_lpips_heads(net: str, heads: HeadsSource = None) -> list[torch.Tensor]:
     for k, c in enumerate(channels):
         w = found.get(k)
         if w is None or w.numel() != c:
-            raise ValueError(f"{origin}: LPIPS {net} head lin{k} must hold {c} weights, found "
-                             f"{None if w is None else tuple(w.shape)} (keys: {sorted(state)[:8]})")
+            raise InvalidWeightsError(f"{origin}: LPIPS {net} head lin{k} must hold {c} weights, found "
+                                      f"{None if w is None else tuple(w.shape)} (keys: {sorted(state)[:8]})")
         out.append(w.detach().float().reshape(1, c, 1, 1).clone())
     return out
 
@@ -489,13 +492,12 @@ class LPIPS(FeatureMetric):
         arch, taps = LPIPS_TAPS[net]
         spec = BACKBONES[arch]
         self.backbone = TapExtractor(build_features(arch, weights, upto=taps[-1]), spec.ends(taps))
-        self.min_size = max(spec.min_size(t) for t in taps)
+        self.min_size = spec.min_size(taps)
         self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
         for k, w in enumerate(load_lpips_heads(net, heads)):
             self.register_buffer(f"lin{k}", w, persistent=False)
-        #: dtype of the normalisation and comparison (None: the backbone's float32)
-        self.accumulate_dtype = dtype
+        self.set_dtype(dtype)
 
     @property
     def heads(self) -> list[torch.Tensor]:
@@ -506,8 +508,6 @@ class LPIPS(FeatureMetric):
         h = ((2 * x - 1) - self.shift) / self.scale
         out = []
         for f in self.backbone(h):
-            if self.accumulate_dtype is not None:
-                f = f.to(self.accumulate_dtype)
             out.append(unit_normalize(f))
         return out
 
@@ -569,8 +569,8 @@ def load_dists_alpha_beta(heads: HeadsSource = None) -> tuple[torch.Tensor, torc
     for key in ("alpha", "beta"):
         value = state.get(key)
         if not isinstance(value, torch.Tensor) or value.numel() != total:
-            raise ValueError(f"{origin}: DISTS {key!r} must be a tensor of {total} values, found "
-                             f"{None if not isinstance(value, torch.Tensor) else tuple(value.shape)}")
+            raise InvalidWeightsError(f"{origin}: DISTS {key!r} must be a tensor of {total} values, found "
+                                      f"{None if not isinstance(value, torch.Tensor) else tuple(value.shape)}")
         out.append(value.detach().float().reshape(1, total, 1, 1).clone())
     return out[0], out[1]
 
@@ -618,7 +618,6 @@ class DISTS(FeatureMetric):
     higher_is_better = False
     paper = PAPER_DISTS
     requires_same_size = True  # the covariance term pairs the two feature maps position by position
-    min_size = 1  # L2 pooling gives ceil(h/2) x ceil(w/2): every tap exists for any size
 
     def __init__(self, weights: WeightsSource = None, heads: HeadsSource = None,
                  dtype: torch.dtype | None = None) -> None:
@@ -626,18 +625,18 @@ class DISTS(FeatureMetric):
         self.normalize = ImageNetNormalize()
         self.backbone = TapExtractor(build_features("vgg16", weights, upto=DISTS_TAPS[-1], l2_pooling=True),
                                      BACKBONES["vgg16"].ends(DISTS_TAPS))
+        # L2 pooling keeps ceil(h/2) x ceil(w/2), so every tap exists for any size, but the texture and structure
+        # terms are statistics over each channel's positions: the deepest tap needs two of them (17 px)
+        self.min_size = BACKBONES["vgg16"].min_size(("image", *DISTS_TAPS), l2_pooling=True,
+                                                    requirement=TapRequirement(min_positions=2))
         alpha, beta = load_dists_alpha_beta(heads)
         self.register_buffer("alpha", alpha, persistent=False)
         self.register_buffer("beta", beta, persistent=False)
-        #: dtype of the statistics (None: float32 like the official code)
-        self.accumulate_dtype = dtype
+        self.set_dtype(dtype)
 
     def features(self, x: torch.Tensor, **kwargs: Any) -> list[torch.Tensor]:
         """[image, relu1_2, relu2_2, relu3_3, relu4_3, relu5_3] of the L2-pooled VGG16."""
-        feats = [x, *self.backbone(self.normalize(x))]
-        if self.accumulate_dtype is not None:
-            feats = [f.to(self.accumulate_dtype) for f in feats]
-        return feats
+        return [x, *self.backbone(self.normalize(x))]
 
     def similarity_terms(self, dist_features: list[torch.Tensor],
                          ref_features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -672,13 +671,11 @@ class _PiqMetric(Metric):
         super().__init__()
         if weights is not None:
             raise ValueError(f"{self.name} has no backbone; weights= must be None, got {weights!r}")
-        self.compute_dtype = dtype
+        self.set_dtype(dtype)
 
     def score(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         import piq
 
-        if self.compute_dtype is not None:
-            dist, ref = dist.to(self.compute_dtype), ref.to(self.compute_dtype)
         if ref.shape[0] != dist.shape[0]:  # one reference for the batch: piq wants equal shapes
             ref = ref.expand_as(dist)
         return getattr(piq, self.piq_function)(dist, ref, data_range=1.0, reduction="none", **self.piq_kwargs)
@@ -695,6 +692,7 @@ class FSIM(_PiqMetric):
     name, higher_is_better, piq_function = "fsim", True, "fsim"
     paper = "L. Zhang, L. Zhang, X. Mou, D. Zhang, FSIM, IEEE TIP 20(8), 2011"
     piq_kwargs = {"chromatic": False}
+    min_size = 2  # its phase congruency of a 1x1 image is NaN
 
 
 @register_metric("fsimc", description="FSIMc (Zhang et al. 2011) with chromatic information, piq's implementation")
@@ -719,6 +717,7 @@ class VIF(_PiqMetric):
 
     name, higher_is_better, piq_function = "vif", True, "vif_p"
     paper = "H.R. Sheikh, A.C. Bovik, Image information and visual quality, IEEE TIP 15(2), 2006"
+    min_size = 41  # four scales of Gaussian windows 17, 9, 5, 3 with downsampling by 2 (piq refuses smaller)
 
 
 @register_metric("vsi", description="VSI (Zhang et al. 2014), piq's implementation")

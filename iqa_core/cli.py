@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -19,13 +20,34 @@ import torch
 from iqa_core.io import ImageReadError, load_image, load_map
 from iqa_core.metric import FeatureMetric, Metric, create_metric, list_metrics, metric_info
 from iqa_core.resumable_csv import ResumableCSV, StopRequested
-from iqa_core.validation import IQAInputError
+from iqa_core.validation import DeviceError, IQAInputError, resolve_device
 from iqa_core.weights import WeightsNotFoundError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "device_argument", "run_main", "user_error_message", "USER_ERRORS"]
 
-USER_ERRORS = (IQAInputError, ImageReadError, WeightsNotFoundError, KeyError, FileNotFoundError, ValueError)
+#: What a user's mistake raises (bad input, missing or unusable files and weights, unknown names, a bad device);
+#: each ends the command with its one-line message and exit status 2. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (IQAInputError, ImageReadError, WeightsNotFoundError, DeviceError, KeyError, FileNotFoundError,
+               ValueError)
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def device_argument(text: str) -> str:
+    """argparse ``type=`` for ``--device``: a device this machine has (checked before any work starts), as text."""
+    try:
+        return str(resolve_device(text))
+    except DeviceError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,8 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     def add_metric_options(p: argparse.ArgumentParser) -> None:
         p.add_argument("--metric", required=True, help="registered metric name (see `list`)")
         p.add_argument("--weights", help="backbone weights file (state dict); default: the resolver's order")
-        p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-        p.add_argument("--dtype", choices=sorted(DTYPES), help="accumulation dtype, where the metric has one")
+        p.add_argument("--device", default="cpu", type=device_argument, help="torch device, e.g. cpu or cuda")
+        p.add_argument("--dtype", choices=sorted(DTYPES), help="the dtype the whole metric computes in (float32; "
+                       "float64 also runs the backbone in float64)")
+        p.add_argument("--max-pixels", type=_positive, help="largest image read, in pixels (default 64 million or "
+                       "$IQA_MAX_PIXELS)")
+        p.add_argument("--ignore-exif", action="store_true", help="read the stored pixels, ignoring the files' "
+                       "EXIF orientation (applied by default, as image viewers do)")
 
     score = sub.add_parser("score", help="score one (reference, distorted) pair")
     score.add_argument("ref", help="reference image file")
@@ -51,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "(optional saliency_ref,saliency_dist); relative paths are taken from --root")
     batch.add_argument("--out", required=True, help="output CSV; rows already there are not recomputed")
     batch.add_argument("--root", help="folder that relative paths in --pairs start from (default: its folder)")
-    batch.add_argument("--stop-after", type=int, metavar="N", help="stop once N new rows are written, as if "
+    batch.add_argument("--stop-after", type=_positive, metavar="N", help="stop once N new rows are written, as if "
                        "interrupted (a rerun resumes); splits a long run over several sessions")
     add_metric_options(batch)
 
@@ -69,6 +96,10 @@ def _build_metric(args: argparse.Namespace) -> Metric:
     return create_metric(args.metric, **kwargs).to(args.device).eval()
 
 
+def _image_reader(args: argparse.Namespace) -> Callable[..., torch.Tensor]:
+    return functools.partial(load_image, exif_orientation=not args.ignore_exif, max_pixels=args.max_pixels)
+
+
 def _saliency_kwargs(saliency_ref: str | None, saliency_dist: str | None) -> dict[str, torch.Tensor]:
     kwargs = {}
     if saliency_ref:
@@ -79,7 +110,8 @@ def _saliency_kwargs(saliency_ref: str | None, saliency_dist: str | None) -> dic
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    ref, dist = load_image(args.ref), load_image(args.dist)
+    read = _image_reader(args)
+    ref, dist = read(args.ref), read(args.dist)
     saliency = _saliency_kwargs(args.saliency_ref, args.saliency_dist)
     metric = _build_metric(args)
     with torch.no_grad():
@@ -105,23 +137,41 @@ def _loss_or_none(metric: Metric, dist: torch.Tensor, ref: torch.Tensor, kwargs:
         return None
 
 
+def read_pairs(path: Path) -> list[dict[str, str]]:
+    """The rows of a pairs CSV; a missing column or an empty ``ref`` / ``dist`` is named with its line."""
+    if not path.is_file():
+        raise FileNotFoundError(f"pairs file not found: {path}")
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"ref", "dist"} <= set(reader.fieldnames):
+            raise ValueError(f"{path}: needs columns 'ref' and 'dist', found {reader.fieldnames}")
+        rows = list(reader)
+    for line, row in enumerate(rows, start=2):
+        missing = [c for c in ("ref", "dist") if not (row.get(c) or "").strip()]
+        if missing:
+            raise ValueError(f"{path} line {line}: no {' and no '.join(repr(c) for c in missing)} value; every row "
+                             "needs both")
+    return rows
+
+
 def cmd_batch(args: argparse.Namespace) -> int:
     pairs_path = Path(args.pairs)
     root = Path(args.root) if args.root else pairs_path.parent
-    with pairs_path.open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if rows and not {"ref", "dist"} <= set(rows[0]):
-        raise ValueError(f"{pairs_path}: needs columns 'ref' and 'dist', found {list(rows[0])}")
+    rows = read_pairs(pairs_path)
     out = Path(args.out)
+    if out.is_dir():
+        raise ValueError(f"--out {out} is a directory: give the CSV file to write, e.g. {out / 'scores.csv'}")
+    metric = _build_metric(args)  # before the output file exists: a metric that cannot be built leaves nothing behind
     with ResumableCSV(out, ["metric", "ref", "dist", "score"], ["metric", "ref", "dist"], args.stop_after) as cache:
         todo = [row for row in rows if (args.metric, row["ref"], row["dist"]) not in cache]
         print(f"{len(rows)} pairs, {len(rows) - len(todo)} already in {out}, {len(todo)} to score", file=sys.stderr)
         if todo:
-            _score_rows(_build_metric(args), todo, root, cache, args.metric)
+            _score_rows(metric, todo, root, cache, args.metric, _image_reader(args))
     return 0
 
 
-def _score_rows(metric: Metric, todo: list[dict[str, str]], root: Path, cache: ResumableCSV, name: str) -> None:
+def _score_rows(metric: Metric, todo: list[dict[str, str]], root: Path, cache: ResumableCSV, name: str,
+                read: Callable[..., torch.Tensor]) -> None:
     """Score the rows in order, appending each to ``cache`` at once; a reference's features are computed once
     for consecutive rows that share it."""
     from tqdm import tqdm
@@ -129,15 +179,15 @@ def _score_rows(metric: Metric, todo: list[dict[str, str]], root: Path, cache: R
     ref_cache: dict[str, object] = {}
     for row in tqdm(todo, desc=name, unit="pair"):
         kwargs = _saliency_kwargs(_path(root, row.get("saliency_ref")), _path(root, row.get("saliency_dist")))
-        dist = load_image(root / row["dist"])
+        dist = read(root / row["dist"])
         with torch.no_grad():
             if isinstance(metric, FeatureMetric) and not kwargs:
                 if row["ref"] not in ref_cache:
                     ref_cache.clear()
-                    ref_cache[row["ref"]] = metric.reference_features(load_image(root / row["ref"]))
+                    ref_cache[row["ref"]] = metric.reference_features(read(root / row["ref"]))
                 value = metric.score_against(dist, ref_cache[row["ref"]])
             else:
-                value = metric(dist, load_image(root / row["ref"]), **kwargs)
+                value = metric(dist, read(root / row["ref"]), **kwargs)
         cache.add([name, row["ref"], row["dist"], repr(float(value[0]))])
         cache.flush()
 
@@ -159,18 +209,32 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    handler = {"score": cmd_score, "batch": cmd_batch, "list": cmd_list}[args.command]
+def user_error_message(err: BaseException) -> str:
+    """A user error's message on one line (a KeyError's without the quotes ``str`` adds)."""
+    text = str(err.args[0] if isinstance(err, KeyError) and err.args else err)
+    return " ".join(line.strip() for line in text.strip().splitlines()) or type(err).__name__
+
+
+def run_main(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:
+    """Run a command's ``main``: a user's mistake (:data:`USER_ERRORS`) ends with one line on stderr, naming the
+    problem and the fix, and exit status 2; ``--stop-after`` ends a run early with status 0."""
     try:
-        return handler(args)
+        return main(argv)
     except StopRequested as stop:
         print(stop, file=sys.stderr)
         return 0
     except USER_ERRORS as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {user_error_message(err)}", file=sys.stderr)
         return 2
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return {"score": cmd_score, "batch": cmd_batch, "list": cmd_list}[args.command](args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_main(_main, argv)
 
 
 if __name__ == "__main__":

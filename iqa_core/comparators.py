@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from iqa_core.backbones import TapRequirement
 from iqa_core.registry import Registry
 
 __all__ = ["Comparator", "ComparatorInfo", "register_comparator", "create_comparator", "list_comparators",
@@ -47,6 +48,8 @@ class Comparator(nn.Module):
     higher_is_better: ClassVar[bool] = False
     #: whether the two images' taps must have the same shape (False: only per-channel statistics are compared)
     requires_same_size: ClassVar[bool] = True
+    #: what each tap's spatial size must allow (it sets the metric's smallest image, iqa_core.backbones)
+    tap_requirement: ClassVar[TapRequirement] = TapRequirement()
 
     def bind(self, backbone: str, taps: Sequence[str]) -> None:
         """Called once with the backbone name and tap names (comparators with per-tap parameters use it)."""
@@ -181,6 +184,7 @@ class DISTSUniform(Comparator):
     alpha/beta replaced by uniform weights. Tokens count as channels D at T positions."""
 
     requires_same_size = False
+    tap_requirement = TapRequirement(min_positions=2)  # statistics over positions
 
     def prepare(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
         return [as_channel_map(t).unsqueeze(-1) for t in taps]  # (B, C, N, 1) for dists_terms

@@ -78,8 +78,8 @@ class DeepFeatureMetric(FeatureMetric):
 
     def __init__(self, backbone: str | TapBackbone, comparator: str | Comparator, taps: Sequence[str] | None = None,
                  weights: WeightsSource = None, stride: int = STRIDE, windows_per_pass: int = 16,
-                 backbone_kwargs: dict[str, Any] | None = None, comparator_kwargs: dict[str, Any] | None = None
-                 ) -> None:
+                 backbone_kwargs: dict[str, Any] | None = None, comparator_kwargs: dict[str, Any] | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
         if isinstance(backbone, str):
             backbone = create_backbone(backbone, weights=weights, **(backbone_kwargs or {}))
@@ -91,9 +91,10 @@ class DeepFeatureMetric(FeatureMetric):
         comparator.bind(backbone.name, self.tap_names)
         self.higher_is_better = comparator.higher_is_better
         self.requires_same_size = backbone.window is not None or comparator.requires_same_size
-        self.min_size = backbone.window or backbone.min_size
+        self.min_size = backbone.min_size_for(self.tap_names, comparator.tap_requirement)
         self.stride = stride
         self.windows_per_pass = windows_per_pass
+        self.set_dtype(dtype)
 
     def extra_repr(self) -> str:
         return f"backbone={self.backbone.name!r}, comparator={self.comparator.name!r}, taps={self.tap_names}"

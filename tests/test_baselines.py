@@ -20,7 +20,7 @@ import iqa_core.baselines as B  # importing registers the metrics
 from iqa_core import IQAInputError, create_metric, list_metrics, load_image, metric_info
 from iqa_core.backbones import L2Pool
 from iqa_core.cli import main as cli_main
-from iqa_core.weights import WeightsNotFoundError
+from iqa_core.weights import InvalidWeightsError, WeightsNotFoundError
 
 # The authors' packages' values are reproduced to <= 1.7e-7 relative (float32, 1 or 2 threads; measured).
 REL = 1e-6
@@ -157,7 +157,7 @@ def test_missing_heads_name_the_file_and_the_places(tmp_path, monkeypatch):
         B.load_dists_alpha_beta()
     with pytest.raises(WeightsNotFoundError, match="not found"):
         B.load_dists_alpha_beta(heads=tmp_path / "nope.pt")
-    with pytest.raises(ValueError, match="lin0"):
+    with pytest.raises(InvalidWeightsError, match="lin0"):
         B.load_lpips_heads("alex", heads={"lin0.model.1.weight": torch.zeros(1, 3, 1, 1)})
 
 

@@ -183,13 +183,22 @@ def test_gradients_reach_dist(fixture, request, example_dir):
 
 
 @VGG16
-def test_float64_accumulation_agrees(example_dir, deepssim_metric):
-    dists, refs = _small_batch(example_dir, n=2)
-    metric64 = DeepSSIM(dtype=torch.float64).eval()
+def test_float64_mode_equals_the_authors_code_in_float64(authors_values, example_dir):
+    """dtype=torch.float64 runs everything in float64, backbone included: the authors' code with .double() on the
+    same float32-loaded images (their ToTensor) gives the same numbers (measured: identical floats)."""
+    metrics = {q: create_metric(n, dtype=torch.float64) for q, n in (("deepssim", "deepssim"), (
+        "deepssim_lite_loss", "deepssim-lite"), ("deepssim_with_saliency", "deepssim-sc"))}
+    maps = example_dir / "deepssim_butterfly" / "saliency_maps"
+    saliency = {"saliency_dist": load_map(maps / "butterfly_shif_0.50.png"), "saliency_ref": load_map(maps /
+                                                                                                       "butterfly.png")}
     with torch.no_grad():
-        s32, s64 = deepssim_metric(dists, refs), metric64(dists, refs)
-    assert s64.dtype == torch.float64
-    torch.testing.assert_close(s64.float(), s32, rtol=1e-4, atol=1e-5)
+        for name, spec in authors_values["deepssim"]["pairs"].items():
+            dist, ref = load_image(example_dir / spec["dist"]), load_image(example_dir / spec["ref"])
+            for quantity, metric in metrics.items():
+                if quantity in spec:
+                    value = metric(dist, ref, **(saliency if quantity == "deepssim_with_saliency" else {}))
+                    assert value.dtype == torch.float64
+                    assert value.item() == pytest.approx(spec[quantity]["float64"], rel=1e-12), (name, quantity)
 
 
 @VGG16

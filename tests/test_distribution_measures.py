@@ -139,14 +139,18 @@ def test_identical_images_give_zero(example_dir):
         torch.testing.assert_close(metric.loss(dists, dists), torch.zeros(2), atol=1e-9, rtol=0)
 
 
-@pytest.mark.weights("vgg16")
-def test_float64_option_agrees(example_dir):
-    dists, refs = _crops(example_dir, n=2)
-    with torch.no_grad():
-        s32 = create_metric("deepjsd-vgg16")(dists, refs)
-        s64 = create_metric("deepjsd-vgg16", dtype=torch.float64)(dists, refs)
-    assert s64.dtype == torch.float64
-    torch.testing.assert_close(s64.float(), s32, rtol=1e-3, atol=1e-6)
+@pytest.mark.parametrize("name", OFFICIAL)
+def test_float64_mode_equals_the_authors_code_in_float64(name, formula_weights, kadid_pairs, authors_values):
+    """The whole computation in float64 against the authors' code with .double() (measured: within 2.4e-16)."""
+    state, _ = formula_weights(VARIANTS[name].arch)
+    metric = create_metric(name, weights=state, dtype=torch.float64)
+    for pair, (ref, dist, _) in kadid_pairs.items():
+        expected = authors_values["distribution_measures"]["pairs"][pair][_reference_key(name)]
+        with torch.no_grad():
+            score, loss = metric(dist, ref), metric.loss(dist, ref)
+        assert score.dtype == loss.dtype == torch.float64
+        assert score.item() == pytest.approx(expected["score"]["float64"], rel=1e-12), (pair, "score")
+        assert loss.item() == pytest.approx(expected["loss"]["float64"], rel=1e-12), (pair, "loss")
 
 
 def test_bad_inputs(formula_weights):

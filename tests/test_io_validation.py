@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -109,3 +112,107 @@ def test_check_mask_shapes():
     assert check_mask(torch.ones(2, 8, 8), img).shape == (2, 1, 8, 8)
     with pytest.raises(IQAInputError, match="3 maps given for 2 images"):
         check_mask(torch.ones(3, 1, 8, 8), img)
+
+
+# ------------------------------------------------------------------------------------------------ the file rules
+
+def test_16bit_colour_png_and_tiff_keep_full_precision(tmp_path):
+    """Pillow reads these at 8 bits; the loader decodes them with OpenCV (which stores BGR) at 16."""
+    cv2 = pytest.importorskip("cv2")
+    rgb16 = RNG.integers(0, 65536, size=(6, 5, 3), dtype=np.uint16)
+    for suffix in ("png", "tiff"):
+        path = tmp_path / f"c16.{suffix}"
+        assert cv2.imwrite(str(path), rgb16[:, :, ::-1])
+        x = load_image(path, dtype=torch.float64)
+        np.testing.assert_array_equal(x[0].permute(1, 2, 0).numpy(), rgb16 / 65535.0)
+        assert len(np.unique((x * 65535).round() % 257)) > 1  # not 8-bit values scaled up
+
+
+def test_exif_orientation_is_applied_unless_ignored(tmp_path):
+    """Orientation 6 (rotate 90 degrees clockwise to view), as cameras write it."""
+    image = Image.fromarray(RGB)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.png"
+    image.save(path, exif=exif)
+    upright = load_image(path)
+    assert upright.shape == (1, 3, 10, 12)
+    expected = np.rot90(RGB, -1)
+    np.testing.assert_array_equal((upright[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), expected)
+    stored = load_image(path, exif_orientation=False)
+    assert stored.shape == (1, 3, 12, 10)
+
+
+@pytest.mark.parametrize("scale, warns", [(1.0, False), (255.0, True), (65535.0, True)])
+def test_float_tiffs_follow_the_documented_rule(tmp_path, scale, warns):
+    values = RNG.random((8, 9)).astype(np.float32)
+    path = tmp_path / "f.tiff"
+    Image.fromarray(values * np.float32(scale)).save(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        x = load_image(path, dtype=torch.float64)
+    np.testing.assert_allclose(x[0, 0].numpy(), values, rtol=1e-6)
+    assert any("divided by" in str(w.message) for w in caught) == warns
+
+
+@pytest.mark.parametrize("values, problem", [(-0.5, "down to -0.5"), (1e6, "HDR")])
+def test_float_tiffs_out_of_every_range_are_refused(tmp_path, values, problem):
+    path = tmp_path / "hdr.tiff"
+    Image.fromarray(np.full((4, 4), values, np.float32)).save(path)
+    with pytest.raises(ImageReadError, match=problem):
+        load_image(path)
+
+
+def test_multi_frame_files_warn_and_give_the_first_frame(tmp_path):
+    from iqa_core.io import MultiFrameWarning
+
+    frames = [Image.fromarray(np.full((4, 4, 3), v, np.uint8)) for v in (10, 200)]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    with pytest.warns(MultiFrameWarning, match="2 frames; the first is used"):
+        x = load_image(path)
+    assert abs(float(x.mean()) * 255 - 10) < 1.5
+
+
+def _png_header_only(path, width, height):
+    """A PNG whose header claims width x height (its image data is empty): cheap to write, huge to decode."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) +
+                     chunk(b"IEND", b""))
+
+
+def test_pixel_limit_refuses_before_decoding_and_can_be_raised(tmp_path, monkeypatch):
+    big = tmp_path / "big.png"
+    _png_header_only(big, 30000, 30000)
+    with pytest.raises(ImageReadError, match="30000x30000 = 900.0 megapixels exceeds the limit of 64.0"):
+        load_image(big)
+    Image.fromarray(RGB).save(tmp_path / "small.png")
+    with pytest.raises(ImageReadError, match="max_pixels="):
+        load_image(tmp_path / "small.png", max_pixels=100)
+    monkeypatch.setenv("IQA_MAX_PIXELS", "100")
+    with pytest.raises(ImageReadError, match="exceeds the limit of 0.0"):
+        load_image(tmp_path / "small.png")
+    assert load_image(tmp_path / "small.png", max_pixels=120).shape == (1, 3, 12, 10)
+    monkeypatch.setenv("IQA_MAX_PIXELS", str(10**9))
+    with pytest.raises(ImageReadError, match="cannot read"):  # allowed now: the (empty) data itself is unreadable
+        load_image(big)
+
+
+def test_files_are_closed(tmp_path):
+    import gc
+
+    Image.fromarray(RGB).save(tmp_path / "x.png")
+    before = len(list(Path("/proc/self/fd").iterdir())) if Path("/proc/self/fd").is_dir() else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)
+        for _ in range(50):
+            load_image(tmp_path / "x.png")
+        gc.collect()
+    if before is not None:
+        assert len(list(Path("/proc/self/fd").iterdir())) <= before

@@ -76,7 +76,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from iqa_core.backbones import EMBEDDING, TapBackbone, register_backbone
-from iqa_core.weights import WeightsNotFoundError, WeightsSource
+from iqa_core.validation import IQAInputError
+from iqa_core.weights import InvalidWeightsError, WeightsNotFoundError, WeightsSource, check_finite, read_state_file
 
 __all__ = ["FoundationSpec", "FOUNDATION_SPECS", "FoundationBackbone", "ViTTapBackbone", "ConvNeXtTapBackbone",
            "CLIPResNetTapBackbone", "CheckpointMismatchError", "HUB_FILES", "POS_EMBED_RESIZE",
@@ -91,7 +92,7 @@ POS_EMBED_RESIZE = ("hf-legacy", "hf", "timm")
 CNN_MIN_SIZE = 32
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(InvalidWeightsError):
     """A checkpoint's tensors do not fit the backbone (missing, unexpected or differently shaped keys)."""
 
 
@@ -266,14 +267,22 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     told apart by their content, not their names."""
     path = Path(path)
     if not zipfile.is_zipfile(path) and _is_safetensors(path):
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return _unwrap(load_file(str(path)), str(path))
-    if _is_torchscript(path):
+        try:
+            state = _unwrap(load_file(str(path)), str(path))
+        except SafetensorError as err:
+            raise InvalidWeightsError(f"weights file {path} cannot be used: a damaged safetensors file "
+                                      f"({err})") from None
+    elif _is_torchscript(path):
         from zs_iqa.torchscript_archive import read_torchscript_state_dict  # imports this module
 
-        return _unwrap(read_torchscript_state_dict(path), str(path))
-    return _unwrap(torch.load(path, map_location="cpu", weights_only=True), str(path))
+        state = _unwrap(read_torchscript_state_dict(path), str(path))
+    else:
+        state = _unwrap(read_state_file(path), str(path))
+    check_finite(state, str(path))
+    return state
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -351,7 +360,7 @@ def _not_found(spec: FoundationSpec, looked: Sequence[str], where: str = "") -> 
         f"no pretrained weights for {spec.name!r} ({spec.official.split(';')[0]}){where}: put one of "
         f"{', '.join(expected_weight_files(spec.name))} in $IQA_WEIGHTS_DIR or pass weights=PATH "
         "(weights='random' builds the architecture with seeded random weights, for tests only). Nothing is "
-        "downloaded. Looked in:\n  - " + "\n  - ".join(looked))
+        "downloaded. Looked in: " + "; ".join(looked) + ".")
 
 
 def _resolve(spec: FoundationSpec, weights: WeightsSource) -> tuple[dict[str, torch.Tensor] | None, str]:
@@ -657,14 +666,14 @@ class FoundationBackbone(TapBackbone):
 
     def _check_size(self, height: int, width: int) -> None:
         if min(height, width) < self.min_size:
-            raise ValueError(f"{self.name} needs images of at least {self.min_size} x {self.min_size} pixels, "
+            raise IQAInputError(f"{self.name} needs images of at least {self.min_size} x {self.min_size} pixels, "
                              f"got {height} x {width}")
 
     # -- shared ---------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, taps: Sequence[str] | None = None) -> list[torch.Tensor]:
         taps = self.check_taps(taps)
         if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"{self.name} takes (B, 3, H, W) RGB batches, got shape {tuple(x.shape)}")
+            raise IQAInputError(f"{self.name} takes (B, 3, H, W) RGB batches, got shape {tuple(x.shape)}")
         self._check_size(x.shape[-2], x.shape[-1])
         x = (x - self.mean) / self.std if self.normalize else x
         wanted = set(taps)
@@ -702,7 +711,7 @@ class ViTTapBackbone(FoundationBackbone):
 
     def _check_size(self, height: int, width: int) -> None:
         if (height, width) != (self.window, self.window):
-            raise ValueError(f"{self.name} takes {self.window} x {self.window} windows (fixed position embeddings), "
+            raise IQAInputError(f"{self.name} takes {self.window} x {self.window} windows (fixed position embeddings), "
                              f"got {height} x {width}; cut the image into windows first")
 
     def _prefix(self, x: torch.Tensor) -> torch.Tensor:

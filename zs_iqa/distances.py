@@ -43,6 +43,7 @@ from distribution_measures.distances import (
     symmetric_kl,
     wasserstein_grid,
 )
+from iqa_core.backbones import TapRequirement
 from iqa_core.comparators import Comparator, register_comparator
 from iqa_core.validation import IQAInputError
 
@@ -85,6 +86,8 @@ def _columns(tensor: torch.Tensor) -> torch.Tensor:
 
 class _PerTap(Comparator):
     """Sum over the (stacked) taps of a per-tensor distance."""
+
+    tap_requirement = TapRequirement(fit_window=WINDOW)
 
     def prepare(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
         return stacked_taps(taps)
@@ -153,6 +156,8 @@ class ZSSymmetricKL(_PerTap):
 
 @register_comparator("swd", "ZS-IQA swd: sliced Wasserstein over the layers/channels, seeded directions")
 class ZSSlicedWasserstein(_PerTap):
+    tap_requirement = TapRequirement()  # projections of any number of points
+
     def __init__(self, seed: int = 0) -> None:
         super().__init__()
         self.seed = seed
