@@ -21,27 +21,25 @@ mean over the batch; every class here returns one score per image (B=1 equals th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
-from iqa_core.backbones import BACKBONES, ImageNetNormalize, build_features
 from iqa_core.comparators import Comparator, as_channel_map, register_comparator
-from iqa_core.metric import FeatureMetric, register_metric
+from iqa_core.deep_features import Preset, PresetMetric
+from iqa_core.metric import register_metric
 from iqa_core.validation import check_mask
 from iqa_core.weights import WeightsSource
 
 __all__ = ["DeepSSIM", "DeepSSIMSC", "DeepSSIMLite", "gram_matrix", "gram_block_similarity",
-           "gram_structure_similarity", "deepssim", "EPS", "BLOCK", "GramBlockComparator"]
+           "gram_structure_similarity", "deepssim", "EPS", "BLOCK", "GramBlockComparator", "GramGlobalComparator",
+           "PRESETS"]
 
 PAPER = ("K. Zhang, W. Chen, T. Zhao, Z. Wang, Structural Similarity in Deep Features: Unified Image "
          "Quality Assessment Robust to Geometrically Disparate Reference, IEEE TPAMI 2025")
 EPS = 1e-6  # stabiliser of the structure term, official value
 BLOCK = 4  # side of the Gram-matrix blocks, official value
 TAP = "relu5_1"
-STRIDE = 16  # relu5_1 of VGG16: four 2x2 max pools
-#: Tile halo: relu5_1 sees 132 input pixels (16 i - 58 .. 16 i + 73 for position i), rounded up on the stride grid.
-HALO = 80
 
 
 def gram_matrix(features: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -86,103 +84,90 @@ def gram_structure_similarity(gram_dist: torch.Tensor, gram_ref: torch.Tensor, e
     return _structure_term(gram_dist, gram_ref, dims=(1, 2), eps=eps)
 
 
-def tiles(length: int, tile: int, halo: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """Along one side: (crop start, crop end, core start, core end) of each tile. Cores are consecutive runs of
-    ``tile`` pixels (the last one shorter) starting on the backbone's stride grid; crops add ``halo`` pixels on both
-    sides, clipped to the image. ``tile`` and ``halo`` are multiples of ``stride``, so every crop starts on the grid
-    and its features are the whole image's, shifted by a whole number of positions."""
-    out = []
-    for core in range(0, length, tile):
-        out.append((max(0, core - halo), min(length, core + tile + halo), core, min(length, core + tile)))
-    return out
+@register_comparator("gram-ssim", "DeepSSIM's structure term on 4x4 blocks of each tap's Gram matrix, averaged")
+class GramBlockComparator(Comparator):
+    """DeepSSIM on any taps: Gram matrix of the channels (tokens: of the D features over the T tokens), mean
+    block structure similarity (4 x 4 blocks, eps = 1e-6), averaged over taps. Higher is better; the loss is
+    1 - score. The Gram matrix is a sum over positions, so it can be computed in tiles (``additive``)."""
+
+    higher_is_better = True
+    requires_same_size = False
+    additive = True
+    #: divide the Gram matrix by C * positions (DeepSSIM-Lite)
+    normalize_gram: ClassVar[bool] = False
+
+    def partial_sums(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [gram_matrix(as_channel_map(t).unsqueeze(-1)) for t in taps]
+
+    def finish(self, sums: list[torch.Tensor], positions: list[int]) -> list[torch.Tensor]:
+        if not self.normalize_gram:
+            return sums
+        return [g / (g.shape[-1] * n) for g, n in zip(sums, positions, strict=True)]
+
+    def prepare(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
+        maps = [as_channel_map(t).unsqueeze(-1) for t in taps]
+        return [gram_matrix(m, normalize=self.normalize_gram) for m in maps]
+
+    def block_map(self, dist: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
+        """(B, C/4, C/4) block similarities of the first tap (the map whose mean is DeepSSIM)."""
+        return gram_block_similarity(dist[0], ref[0])
+
+    def compare(self, dist: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
+        scores = [gram_block_similarity(d, r).mean(dim=(1, 2)) for d, r in zip(dist, ref, strict=True)]
+        return scores[0] if len(scores) == 1 else torch.stack(scores).mean(0)
 
 
-class _VGG16Relu51(FeatureMetric):
-    """Shared part: VGG16 up to relu5_1, ImageNet normalisation, optional conv1_1 mask, optional tiling.
+@register_comparator("gram-ssim-lite", "DeepSSIM-Lite: 1 - one structure term over each normalised Gram matrix")
+class GramGlobalComparator(GramBlockComparator):
+    """DeepSSIM-Lite on any taps: the Gram matrix divided by C * positions, 1 - one structure term over the whole
+    matrix, averaged over taps. Lower is better; the loss is the score."""
 
-    ``tile`` (pixels, a multiple of 16; None: whole images) bounds the memory for large images, exactly: the Gram
+    higher_is_better = False
+    normalize_gram = True
+
+    def compare(self, dist: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
+        losses = [1 - gram_structure_similarity(d, r) for d, r in zip(dist, ref, strict=True)]
+        return losses[0] if len(losses) == 1 else torch.stack(losses).mean(0)
+
+
+#: The presets: VGG16 relu5_1 of the ImageNet-normalised image at native resolution (step 1 of the module doc)
+PRESETS = {
+    "deepssim": Preset("vgg16", "gram-ssim", (TAP,)),
+    "deepssim-sc": Preset("vgg16", "gram-ssim", (TAP,)),
+    "deepssim-lite": Preset("vgg16", "gram-ssim-lite", (TAP,)),
+}
+
+
+class _DeepSSIMPreset(PresetMetric):
+    """``tile`` (pixels, a multiple of 16; None: whole images) bounds the memory for large images, exactly: the Gram
     matrix is a sum over positions, G = sum_p f_p f_p^T, so it is the sum of the Gram matrices of the relu5_1
-    features of overlapping crops, each crop contributing only its core. A crop is its core plus a halo of
-    :data:`HALO` pixels (at least half the receptive field, 132 px) on every side, and starts on the stride grid, so the
-    core's features are those of the whole image (zero padding at a crop's inner edges never reaches them).
-    Equal to the untiled value up to float summation order (tested to 1e-5)."""
+    features of overlapping crops, each crop contributing only its core. A crop is its core plus a halo covering
+    relu5_1's receptive field (132 px: 16 i - 58 .. 16 i + 73 for position i, so 64 px on the 16-pixel grid) and
+    starts on the stride grid, so the core's features are those of the whole image. Equal to the untiled value up
+    to float summation order (tested to 1e-5)."""
 
     paper = PAPER
     requires_same_size = False
-    #: Divide the Gram matrix by C*h*w (DeepSSIM-Lite) or not (DeepSSIM).
-    normalize_gram = False
 
     def __init__(self, weights: WeightsSource = None, dtype: torch.dtype | None = None,
-                 tile: int | None = None) -> None:
-        super().__init__()
-        if tile is not None and (tile < STRIDE or tile % STRIDE):
-            raise ValueError(f"tile must be a positive multiple of {STRIDE} pixels, got {tile}")
-        self.tile = tile
-        self.normalize = ImageNetNormalize()
-        self.backbone = build_features("vgg16", weights, upto=TAP)
-        self.min_size = BACKBONES["vgg16"].min_size((TAP,))
-        self.set_dtype(dtype)
+                 tile: int | None = None, **options: Any) -> None:
+        super().__init__(weights=weights, dtype=dtype, tile=tile, **options)
 
-    def feature_map(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """relu5_1 of the normalised image; ``mask`` multiplies the conv1_1 output before its ReLU."""
-        h = self.normalize(x)
-        if mask is None:
-            return self.backbone(h)
-        return self.backbone[1:](self.backbone[0](h) * mask)
-
-    def compare_feature_maps(self, dist_map: torch.Tensor, ref_map: torch.Tensor) -> torch.Tensor:
-        """Everything after the backbone: Gram matrices and their comparison (timed by the benchmark)."""
-        return self.compare(self.features_from_map(dist_map), self.features_from_map(ref_map))
-
-    def features_from_map(self, feature_map: torch.Tensor) -> torch.Tensor:
-        return gram_matrix(feature_map, normalize=self.normalize_gram)
-
-    def features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        if self.tile is None or max(x.shape[-2:]) <= self.tile:
-            return self.features_from_map(self.feature_map(x, mask))
-        return self.tiled_gram(x, mask)
-
-    def tiled_gram(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The Gram matrix of the whole image's relu5_1 features, summed over tiles (class docstring)."""
-        height, width = x.shape[-2:]
-        gram, positions = None, 0
-        for top, bottom, core_top, core_bottom in tiles(height, self.tile, HALO, STRIDE):
-            for left, right, core_left, core_right in tiles(width, self.tile, HALO, STRIDE):
-                crop = (..., slice(top, bottom), slice(left, right))
-                features = self.feature_map(x[crop], None if mask is None else mask[crop])
-                rows = slice((core_top - top) // STRIDE, (core_bottom - top) // STRIDE)
-                cols = slice((core_left - left) // STRIDE, (core_right - left) // STRIDE)
-                core = features[..., rows, cols]
-                part = gram_matrix(core)
-                gram = part if gram is None else gram + part
-                positions += core.shape[-2] * core.shape[-1]
-        return gram / (gram.shape[-1] * positions) if self.normalize_gram else gram
+    def similarity_map(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """The (B, 128, 128) map of block similarities whose mean is DeepSSIM."""
+        dist, ref = self.prepare_pair(dist, ref)
+        dist_features, ref_features = self.pair_features(dist, ref, **kwargs)
+        return gram_block_similarity(dist_features[0][0], ref_features[0][0])
 
 
 @register_metric("deepssim", description="DeepSSIM: SSIM structure term on 4x4 blocks of VGG16 relu5_1 Gram "
                  "matrices (TPAMI 2025)")
-class DeepSSIM(_VGG16Relu51):
+class DeepSSIM(_DeepSSIMPreset):
     """DeepSSIM without saliency calibration, the paper's default. Higher is better, 1 = identical."""
 
     name = "deepssim"
     higher_is_better = True
-
-    def pair_features(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, ...]:
-        return self.features(dist), self.features(ref)
-
-    def score(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return self.compare(*self.pair_features(dist, ref, **kwargs))
-
-    def compare(self, dist_features: torch.Tensor, ref_features: torch.Tensor) -> torch.Tensor:
-        return gram_block_similarity(dist_features, ref_features).mean(dim=(1, 2))
-
-    def similarity_map(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """The (B, 128, 128) map of block similarities whose mean is the score."""
-        dist, ref = self.prepare_pair(dist, ref)
-        return gram_block_similarity(*self.pair_features(dist, ref, **kwargs))
-
-    def loss(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return 1 - self(dist, ref, **kwargs)
+    preset = PRESETS["deepssim"]
 
 
 @register_metric("deepssim-sc", description="DeepSSIM with saliency calibration (binary saliency mask on "
@@ -194,15 +179,17 @@ class DeepSSIMSC(DeepSSIM):
     of the images' sizes ((B,1,H,W), (B,H,W) or (H,W)); a map that is not given is estimated with
     :func:`deepssim.saliency.gbvs` (a reimplementation of the GBVS MATLAB code the authors used) and
     rounded to 8 bits, as the authors' maps were stored as PNG files. Maps are binarised as the authors
-    do: 1 where map > threshold (default 0, the official rule on 8-bit maps divided by 255). The authors
-    recommend this variant for retargeting and other quality tasks without loss of clarity.
+    do: 1 where map > threshold (default 0, the official rule on 8-bit maps divided by 255), and the binary
+    mask multiplies the conv1_1 output before its ReLU. The authors recommend this variant for retargeting and
+    other quality tasks without loss of clarity.
     """
 
     name = "deepssim-sc"
+    preset = PRESETS["deepssim-sc"]
 
     def __init__(self, weights: WeightsSource = None, dtype: torch.dtype | None = None,
-                 threshold: float = 0.0, tile: int | None = None) -> None:
-        super().__init__(weights=weights, dtype=dtype, tile=tile)
+                 threshold: float = 0.0, tile: int | None = None, **options: Any) -> None:
+        super().__init__(weights=weights, dtype=dtype, tile=tile, **options)
         self.threshold = threshold
 
     def saliency_mask(self, image: torch.Tensor, saliency: torch.Tensor | None = None) -> torch.Tensor:
@@ -214,49 +201,21 @@ class DeepSSIMSC(DeepSSIM):
         saliency = check_mask(saliency, image, "saliency map").to(image.device)
         return binarize_saliency(saliency, self.threshold)
 
-    def features(self, x: torch.Tensor, saliency: torch.Tensor | None = None) -> torch.Tensor:
-        return super().features(x, mask=self.saliency_mask(x, saliency))
-
-    def pair_features(self, dist: torch.Tensor, ref: torch.Tensor, saliency_dist: torch.Tensor | None = None,
-                      saliency_ref: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        return self.features(dist, saliency_dist), self.features(ref, saliency_ref)
+    def image_inputs(self, x: torch.Tensor, saliency: torch.Tensor | None = None) -> dict[str, Any]:
+        return {"mask": self.saliency_mask(x, saliency).to(x.dtype)}
 
 
 @register_metric("deepssim-lite", description="DeepSSIM-Lite training loss: 1 - global structure term of "
                  "normalised VGG16 relu5_1 Gram matrices")
-class DeepSSIMLite(_VGG16Relu51):
+class DeepSSIMLite(_DeepSSIMPreset):
     """DeepSSIM-Lite loss, 1 - S over the whole normalised Gram matrix. Lower is better, 0 = identical."""
 
     name = "deepssim-lite"
     higher_is_better = False
-    normalize_gram = True
-
-    def compare(self, dist_features: torch.Tensor, ref_features: torch.Tensor) -> torch.Tensor:
-        return 1 - gram_structure_similarity(dist_features, ref_features)
-
-    def loss(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return self(dist, ref)
+    preset = PRESETS["deepssim-lite"]
 
 
 def deepssim(dist: torch.Tensor, ref: torch.Tensor, weights: WeightsSource = None) -> torch.Tensor:
     """Functional form: per-image DeepSSIM scores (builds the network on each call; keep a
     :class:`DeepSSIM` module for repeated use)."""
     return DeepSSIM(weights=weights).to(dist.device)(dist, ref)
-
-
-@register_comparator("gram-ssim", "DeepSSIM's structure term on 4x4 blocks of each tap's Gram matrix, averaged")
-class GramBlockComparator(Comparator):
-    """DeepSSIM on any tap: Gram matrix of the channels (tokens: of the D features over the T tokens), mean
-    block structure similarity, averaged over taps. Higher is better. On VGG16 ``relu5_1`` (ImageNet-normalised
-    input) it equals the registered ``deepssim``."""
-
-    higher_is_better = True
-    requires_same_size = False
-
-    def prepare(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
-        flat = [as_channel_map(t) for t in taps]
-        return [gram_matrix(f.unsqueeze(-1)) for f in flat]
-
-    def compare(self, dist: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
-        return torch.stack([gram_block_similarity(d, r).mean(dim=(1, 2)) for d, r in zip(dist, ref, strict=True)]
-                           ).mean(0)

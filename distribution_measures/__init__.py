@@ -9,8 +9,15 @@ from distribution_measures.distances import (
     wasserstein_grid,
     wasserstein_grid_reference,
 )
-from distribution_measures.measures import VARIANTS, DistributionMeasure, Variant, downsample, downsample_factor
+from distribution_measures.measures import (
+    VARIANTS,
+    DistributionMeasure,
+    Recipe,
+    Variant,
+    downsample,
+    downsample_factor,
+)
 
-__all__ = ["DistributionMeasure", "Variant", "VARIANTS", "downsample", "downsample_factor", "columns",
+__all__ = ["DistributionMeasure", "Variant", "Recipe", "VARIANTS", "downsample", "downsample_factor", "columns",
            "fit_to_window", "wasserstein_grid", "wasserstein_grid_reference", "js_divergence", "symmetric_kl",
            "l2_weight"]

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from iqa_core import FeatureMetric, create_metric  # noqa: E402
 from iqa_core.cli import device_argument, run_main  # noqa: E402
+from iqa_core.deep_features import DeepFeatureMetric  # noqa: E402
 from iqa_core.timing import time_ms  # noqa: E402
 from iqa_core.validation import IQAInputError  # noqa: E402
 from iqa_core.weights import WeightsNotFoundError  # noqa: E402
@@ -88,25 +89,24 @@ def benchmark_metric(name: str, size: tuple[int, int], device: torch.device, rep
         _reset_peak_memory(device)
         row["pair_ms"] = time_ms(lambda: metric(dist, ref), repeats, device=device)
         row["peak_mib"] = round(peak_memory_mib(device), 1)
-        if hasattr(metric, "feature_map"):
+        if isinstance(metric, DeepFeatureMetric):
             # The backbone alone, for both images of the pair: what any implementation must spend.
-            row["backbone_ms"] = time_ms(lambda: (metric.feature_map(dist), metric.feature_map(ref)), repeats,
+            row["backbone_ms"] = time_ms(lambda: (metric.tap_outputs(dist), metric.tap_outputs(ref)), repeats,
                                          device=device)
-        if hasattr(metric, "compare_feature_maps"):
             # Everything after the backbone, timed on its own (the difference of two noisy
             # timings would be noise): the metric's overhead as a share of a pair's time.
-            maps = metric.feature_map(dist), metric.feature_map(ref)
-            fast = getattr(metric, "wasserstein", None)
-            row["after_backbone_ms"] = time_ms(lambda: metric.compare_feature_maps(*maps), repeats, device=device)
+            maps = metric.tap_outputs(dist), metric.tap_outputs(ref)
+            row["after_backbone_ms"] = time_ms(lambda: metric.compare_taps(*maps), repeats, device=device)
             row["overhead_pct"] = 100.0 * row["after_backbone_ms"] / row["pair_ms"]
-            if getattr(metric, "variant", None) is not None and metric.variant.measure == "wsd" and pot_reference:
+            recipe = getattr(metric.comparator, "recipe", None)
+            if recipe is not None and recipe.measure == "wsd" and pot_reference:
                 # The same distances through POT's wasserstein_1d, as the official code computes them.
                 from distribution_measures.distances import wasserstein_grid_pot
 
-                metric.wasserstein = wasserstein_grid_pot
-                row["after_backbone_pot_ms"] = time_ms(lambda: metric.compare_feature_maps(*maps),
+                fast, metric.comparator.wasserstein = metric.comparator.wasserstein, wasserstein_grid_pot
+                row["after_backbone_pot_ms"] = time_ms(lambda: metric.compare_taps(*maps),
                                                        max(1, repeats // 2), device=device)
-                metric.wasserstein = fast
+                metric.comparator.wasserstein = fast
         if isinstance(metric, FeatureMetric):
             def one_ref_many_dists() -> None:
                 feats = metric.reference_features(ref)

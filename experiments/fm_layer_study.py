@@ -57,14 +57,14 @@ sys.path.insert(0, str(ROOT))
 
 from iqa_core.backbones import TapBackbone, create_backbone, list_backbones  # noqa: E402
 from iqa_core.cli import device_argument, run_main  # noqa: E402
-from iqa_core.deep_features import STRIDE, TapGrid  # noqa: E402
+from iqa_core.deep_features import TapGrid  # noqa: E402
 from iqa_core.distortions import distort  # noqa: E402
 from iqa_core.io import load_image  # noqa: E402
 from iqa_core.report import markdown_table  # noqa: E402
 from iqa_core.resumable_csv import ResumableCSV, StopRequested  # noqa: E402
 from iqa_core.samples import load_samples  # noqa: E402
 from iqa_core.stats import direction_sign, spearman  # noqa: E402
-from iqa_core.validation import IQAInputError, check_image  # noqa: E402
+from iqa_core.validation import IQAInputError  # noqa: E402
 from iqa_core.weights import WeightsNotFoundError  # noqa: E402
 from zs_iqa.distances import DISTANCES  # noqa: E402
 from zs_iqa.metrics import CNN_BACKBONES, FOUNDATION_BACKBONES  # noqa: E402
@@ -118,7 +118,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", help="rated dataset name (iqa_core.datasets.load_dataset): SRCC against MOS")
     p.add_argument("--root", help="dataset root")
     p.add_argument("--limit", type=int, help="dataset mode: first N pairs")
-    p.add_argument("--stride", type=int, default=STRIDE, help="sliding-window stride of windowed backbones")
+    p.add_argument("--stride", type=int, help="sliding-window stride of windowed backbones (default: the backbone's "
+                   "rule, ZS-IQA's 200)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", type=device_argument)
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (0: torch's default). One is the "
                    "default: on a shared 2-core CPU it ran the VGG16 cells 2-3x faster than two")
@@ -155,7 +156,7 @@ def parse_weights(text: str) -> dict[str, str]:
     for item in _names(text):
         name, sep, path = item.partition("=")
         if not sep or not path:
-            raise SystemExit(f"error: --weights expects BACKBONE=PATH, got {item!r}")
+            raise ValueError(f"--weights expects BACKBONE=PATH[,BACKBONE=PATH], got {item!r}")
         weights[name.strip()] = path.strip()
     return weights
 
@@ -176,8 +177,8 @@ def select_taps(backbone: TapBackbone, wanted: list[str]) -> list[str]:
     taps = [t for t in backbone.taps if t in wanted] + (["embedding"] if "embedding" in wanted and
                                                         "embedding" in known else [])
     if not taps:
-        raise SystemExit(f"error: backbone {backbone.name!r} has none of the taps {wanted}; its taps are "
-                         f"{list(backbone.taps)}")
+        raise KeyError(f"backbone {backbone.name!r} has none of the taps {wanted}; its taps are "
+                       f"{list(backbone.taps)}")
     return taps
 
 
@@ -269,13 +270,12 @@ def by_reference(pairs: list[Pair]) -> Iterator[tuple[str, list[Pair]]]:
     yield from groups.items()
 
 
-def pair_scores(grid: TapGrid, dist: torch.Tensor, ref: torch.Tensor, ref_prepared: dict[tuple[str, str], list],
-                min_size: int, device: str) -> dict[tuple[str, str], torch.Tensor]:
+def pair_scores(grid: TapGrid, dist: torch.Tensor, ref: torch.Tensor, ref_prepared: dict[tuple[str, str], list]
+                ) -> dict[tuple[str, str], torch.Tensor]:
     """Every cell of ``grid`` for one distorted image against the reference prepared once (``TapGrid.prepare``)."""
-    dist = check_image(dist, "dist", min_size)
-    if dist.shape != ref.shape:
+    if dist.shape[-2:] != ref.shape[-2:]:
         raise IQAInputError(f"dist {tuple(dist.shape[-2:])} and ref {tuple(ref.shape[-2:])} differ in size")
-    return grid.score_prepared(grid.tap_outputs(dist.to(device)), ref_prepared)
+    return grid.score_prepared(grid.tap_outputs(dist, "dist"), ref_prepared)
 
 
 def write_pair(cache: ResumableCSV, backbone: str, pair: Pair, cells: list[tuple[str, str]],
@@ -298,7 +298,6 @@ def score_backbone(run: BackboneRun, backbone: TapBackbone, distances: list[str]
     needed = {cell for cells in todo.values() for cell in cells}
     grid = TapGrid(backbone, [t for t in run.taps if any(c[0] == t for c in needed)],
                    [d for d in distances if any(c[1] == d for c in needed)], stride=args.stride)
-    min_size = backbone.window or backbone.min_size
     errors: list[str] = []
     with torch.no_grad(), tqdm(total=len(todo), desc=run.name, unit="pair") as bar:
         for _, group in by_reference(list(todo)):
@@ -307,9 +306,9 @@ def score_backbone(run: BackboneRun, backbone: TapBackbone, distances: list[str]
                 try:
                     ref = source.ref(pair)
                     if ref_prepared is None:  # the reference's taps and comparator states, once for all its pairs
-                        ref_prepared = grid.prepare(grid.tap_outputs(check_image(ref, "ref", min_size).to(args.device)))
-                    write_pair(cache, run.name, pair, todo[pair],
-                               pair_scores(grid, source.dist(pair), ref, ref_prepared, min_size, args.device))
+                        ref_prepared = grid.prepare(grid.tap_outputs(ref, "ref"))
+                    scores = pair_scores(grid, source.dist(pair), ref, ref_prepared)
+                    write_pair(cache, run.name, pair, todo[pair], scores)
                 except IQAInputError as err:
                     errors.append(f"{pair.image}: {err}")
                 bar.update()
@@ -509,7 +508,7 @@ def backbone_names(spec: str) -> tuple[list[str], dict[str, str]]:
     registered = set(list_backbones())
     unknown = [n for n in names if n not in registered]
     if unknown:
-        raise SystemExit(f"error: unknown backbone(s) {unknown}; registered: {', '.join(sorted(registered))}")
+        raise KeyError(f"unknown backbone(s) {unknown}; registered: {', '.join(sorted(registered))}")
     return names, {}
 
 

@@ -22,7 +22,8 @@ from iqa_core.registry import Registry
 from iqa_core.weights import InvalidWeightsError, WeightsSource, resolve_weights
 
 __all__ = ["BackboneSpec", "BACKBONES", "TapRequirement", "tap_sizes", "min_input_side", "build_features",
-           "ImageNetNormalize", "TapExtractor", "L2Pool",
+           "ImageNetNormalize", "LPIPSScaling", "NORMALIZATIONS", "L2Pool", "size_downsample_factor",
+           "downsample_by_size", "receptive_geometry",
            "IMAGENET_MEAN", "IMAGENET_STD", "TapBackbone", "TorchvisionBackbone", "BackboneInfo", "register_backbone",
            "create_backbone", "list_backbones", "backbone_info", "torchvision_top1", "EMBEDDING"]
 
@@ -34,6 +35,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class BackboneSpec:
     arch: str
     taps: dict[str, int]  # tap name -> len(features[:n]) that ends at it
+    #: the stage outputs (the last tap before each downsampling, and the last one): what LPIPS, DISTS and the
+    #: distribution measures compare; None: every tap
+    stages: tuple[str, ...] | None = None
+
+    @property
+    def stage_taps(self) -> tuple[str, ...]:
+        return self.stages or tuple(self.taps)
 
     def ends(self, taps: list[str] | tuple[str, ...]) -> list[int]:
         unknown = [t for t in taps if t not in self.taps]
@@ -51,6 +59,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "vgg16": BackboneSpec(
         "vgg16",
         taps={"relu1_2": 4, "relu2_2": 9, "relu3_3": 16, "relu4_3": 23, "relu5_1": 26, "relu5_3": 30},
+        stages=("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"),
     ),
     "alexnet": BackboneSpec(
         "alexnet",
@@ -222,28 +231,62 @@ class ImageNetNormalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-class TapExtractor(nn.Module):
-    """Runs ``features`` once and returns the outputs at the requested taps, in order.
+#: LPIPS v0.1's ScalingLayer constants (lpips/pretrained_networks.py), applied to images in [-1, 1]
+LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+LPIPS_SCALE = (0.458, 0.448, 0.450)
 
-    A tap must not end right before a module that works in place on its input (a tap ending at a
-    convolution of VGG would be overwritten by the in-place ReLU after it); every tap table here
-    ends at ReLUs, pools or whole blocks.
-    """
 
-    def __init__(self, features: nn.Sequential, ends: list[int]) -> None:
+class LPIPSScaling(nn.Module):
+    """LPIPS's input scaling, in the official order of operations: ((2x - 1) - shift) / scale."""
+
+    def __init__(self) -> None:
         super().__init__()
-        if sorted(ends) != list(ends) or len(set(ends)) != len(ends):
-            raise ValueError(f"tap ends must be strictly increasing, got {ends}")
-        self.features = features[: ends[-1]]
-        self.ends = list(ends)
+        self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs, start = [], 0
-        for end in self.ends:
-            x = self.features[start:end](x)
-            outs.append(x)
-            start = end
-        return outs
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return ((2 * x - 1) - self.shift) / self.scale
+
+
+#: ``normalize=`` of :class:`TorchvisionBackbone`: what the first layer sees
+NORMALIZATIONS: dict[str, Callable[[], nn.Module]] = {"imagenet": ImageNetNormalize, "lpips": LPIPSScaling,
+                                                     "none": nn.Identity}
+
+
+def size_downsample_factor(height: int, width: int) -> int:
+    """f = max(1, round(max(H, W) / 256)), rounding half to even as numpy does (the distribution measures'
+    official utils, after the DISTS/SSIM-style 'resize by the image size' rule)."""
+    return max(1, round(max(height, width) / 256))
+
+
+def downsample_by_size(x: torch.Tensor) -> torch.Tensor:
+    """Average pooling by f x f with stride f, f = :func:`size_downsample_factor` (f = 1 is the identity)."""
+    f = size_downsample_factor(*x.shape[-2:])
+    return torch.nn.functional.avg_pool2d(x, f, f) if f > 1 else x
+
+
+def receptive_geometry(layers: Sequence[nn.Module]) -> tuple[int, int, int]:
+    """(stride, left, right) of the output positions of ``layers`` (convolutions and pools in sequence): position i
+    depends on input pixels ``stride * i - left`` to ``stride * i + right``."""
+    stride, left, right = 1, 0, 0
+    for layer in layers:
+        kernel = getattr(layer, "kernel_size", None)
+        if isinstance(layer, L2Pool):
+            kernel, step, pad = 3, 2, 1
+        elif kernel is None:
+            if any(True for _ in layer.children()):
+                raise ValueError(f"no receptive-field rule for {type(layer).__name__} blocks; tiles need plain "
+                                 "convolutions and pools")
+            continue
+        else:
+            step, pad = getattr(layer, "stride", 1), getattr(layer, "padding", 0)
+        k, st, pd = (v[0] if isinstance(v, tuple) else v for v in (kernel, step, pad))
+        dil = getattr(layer, "dilation", 1)
+        dil = dil[0] if isinstance(dil, tuple) else dil
+        left += pd * stride
+        right += ((k - 1) * dil - pd) * stride
+        stride *= st
+    return stride, left, right
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -296,47 +339,87 @@ class TapBackbone(nn.Module):
         window, which fixes the taps' sizes)."""
         return self.window or self.min_size
 
+    def window_grid(self, height: int, width: int, stride: int | None = None) -> list[tuple[int, int]]:
+        """(top, left) of the ``window`` x ``window`` crops an image is scored in (backbones with a fixed input
+        side define their rule; zs_iqa's is the official ZS-IQA one)."""
+        raise NotImplementedError(f"{self.name} has a {self.window}-pixel window but no window rule")
+
+    def tile_geometry(self, tap: str) -> tuple[int, int]:
+        """(stride, halo) for computing ``tap`` exactly in tiles (:class:`iqa_core.deep_features.DeepFeatureMetric`
+        ``tile=``); backbones that cannot say raise ``ValueError``."""
+        raise ValueError(f"{self.name} cannot compute its taps in tiles")
+
     def train(self, mode: bool = True) -> TapBackbone:
         return super().train(False)  # frozen feature extractors: BatchNorm statistics and dropout stay off
 
 
 class TorchvisionBackbone(TapBackbone):
-    """torchvision ``<arch>().features`` with the taps of :data:`BACKBONES` plus ``image`` (the input itself).
+    """torchvision ``<arch>().features`` with the taps of :data:`BACKBONES`, plus ``pixels`` (the image in [0, 1],
+    after ``resize``) and ``image`` (the image as the first layer sees it, after ``normalize``).
 
-    ``normalize``: ImageNet mean/std first (LPIPS, DISTS, DeepSSIM do; the distribution measures do not).
-    ``l2_pooling``: max pools replaced by :class:`L2Pool` (DISTS, the distribution measures' VGG).
+    ``normalize``: ``"imagenet"`` (``True``; DeepSSIM, DISTS), ``"lpips"`` (LPIPS's scaling layer) or ``"none"``
+    (``False``; the distribution measures). ``l2_pooling``: max pools replaced by :class:`L2Pool` (DISTS, the
+    distribution measures' VGG). ``resize``: both images average-pooled by :func:`size_downsample_factor` first
+    (the distribution measures). ``forward(x, taps, mask=...)`` multiplies the first convolution's output, before
+    its ReLU, by ``mask`` (DeepSSIM's saliency calibration on conv1_1).
     """
 
-    def __init__(self, arch: str, weights: WeightsSource = None, normalize: bool = True,
-                 l2_pooling: bool = False) -> None:
+    def __init__(self, arch: str, weights: WeightsSource = None, normalize: bool | str = True,
+                 l2_pooling: bool = False, resize: bool = False) -> None:
         super().__init__()
         spec = BACKBONES[arch]
+        kind = {True: "imagenet", False: "none", None: "none"}.get(normalize, normalize)  # type: ignore[arg-type]
+        if kind not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {sorted(NORMALIZATIONS)} (or True/False), got {normalize!r}")
         self.name = arch + ("-l2pool" if l2_pooling else "")
         self.arch = arch
-        self.taps = ("image", *spec.taps)
+        self.taps = ("pixels", "image", *spec.taps)
         self.spec = spec
-        self.normalize = ImageNetNormalize() if normalize else nn.Identity()
+        self.normalization = kind
+        self.normalize = NORMALIZATIONS[kind]()
         self.features = build_features(arch, weights, l2_pooling=l2_pooling)
         self.l2_pooling = l2_pooling
+        self.resize = resize
         self.min_size = spec.min_size(tuple(spec.taps), l2_pooling)
 
-    def min_size_for(self, taps: Sequence[str], requirement: TapRequirement | None = None) -> int:
-        return self.spec.min_size(taps, self.l2_pooling, requirement)
+    @property
+    def default_taps(self) -> tuple[str, ...]:
+        return tuple(self.spec.taps)
 
-    def forward(self, x: torch.Tensor, taps: Sequence[str] | None = None) -> list[torch.Tensor]:
+    def min_size_for(self, taps: Sequence[str], requirement: TapRequirement | None = None) -> int:
+        return self.spec.min_size(["image" if t == "pixels" else t for t in taps], self.l2_pooling, requirement)
+
+    def tile_geometry(self, tap: str) -> tuple[int, int]:
+        """(stride, halo) for computing ``tap`` in tiles: tile origins on the stride grid, and a halo (a multiple of
+        the stride) covering every input pixel a core position depends on, so that the core's features are exact."""
+        if self.resize:
+            raise ValueError(f"{self.name}: tiles are not exact when the image is resized by its size")
+        stride, left, right = receptive_geometry(self.features[:self.spec.taps[tap]])
+        reach = max(left, right - (stride - 1))
+        return stride, stride * math.ceil(reach / stride)
+
+    def forward(self, x: torch.Tensor, taps: Sequence[str] | None = None,
+                mask: torch.Tensor | None = None) -> list[torch.Tensor]:
         taps = self.check_taps(taps)
-        ends = {t: (0 if t == "image" else self.spec.taps[t]) for t in taps}
+        x = downsample_by_size(x) if self.resize else x
+        outs: dict[str, torch.Tensor] = {"pixels": x}
         x = self.normalize(x)
-        outs: dict[int, torch.Tensor] = {0: x}
+        outs["image"] = x
+        ends = sorted({self.spec.taps[t] for t in taps if t not in outs})
         start = 0
-        for end in sorted(set(ends.values()) - {0}):
+        if mask is not None and ends:
+            x = self.features[0](x) * mask
+            start = 1
+        by_end: dict[int, torch.Tensor] = {}
+        for end in ends:
             x = self.features[start:end](x)
-            outs[end] = x
+            by_end[end] = x
             start = end
-        return [outs[ends[t]] for t in taps]
+        return [outs[t] if t in outs else by_end[self.spec.taps[t]] for t in taps]
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, taps={list(self.taps)}"
+        return (f"name={self.name!r}, normalize={self.normalization!r}, l2_pooling={self.l2_pooling}, "
+                f"resize={self.resize}")
 
 
 @dataclass(frozen=True)

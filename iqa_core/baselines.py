@@ -46,8 +46,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from iqa_core.backbones import BACKBONES, ImageNetNormalize, TapExtractor, TapRequirement, build_features
-from iqa_core.metric import FeatureMetric, Metric, register_metric
+from iqa_core.backbones import BACKBONES, LPIPS_SCALE, LPIPS_SHIFT, TapRequirement
+from iqa_core.comparators import Comparator, as_channel_map, register_comparator, unit_normalize
+from iqa_core.deep_features import Preset, PresetMetric
+from iqa_core.metric import Metric, register_metric
 from iqa_core.validation import IQAInputError
 from iqa_core.weights import (
     InvalidWeightsError,
@@ -418,13 +420,8 @@ def _load_state(source: HeadsSource, what: str, filename: str, package: str, par
 # LPIPS v0.1
 # --------------------------------------------------------------------------------------------------
 
-#: ScalingLayer of the official code (lpips/lpips.py): (x - shift) / scale on images in [-1, 1], which
-#: maps them to ImageNet-normalised inputs ((0.485, 0.456, 0.406) -> -0.03, -0.088, -0.188 after *2-1).
-LPIPS_SHIFT = (-0.030, -0.088, -0.188)
-LPIPS_SCALE = (0.458, 0.448, 0.450)
 #: Backbone taps of the official code (lpips/pretrained_networks.py slices 1..5).
-LPIPS_TAPS = {"alex": ("alexnet", ("relu1", "relu2", "relu3", "relu4", "relu5")),
-              "vgg": ("vgg16", ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3"))}
+LPIPS_TAPS = {"alex": ("alexnet", BACKBONES["alexnet"].stage_taps), "vgg": ("vgg16", BACKBONES["vgg16"].stage_taps)}
 LPIPS_CHANNELS = {"alex": (64, 192, 384, 256, 256), "vgg": (64, 128, 256, 512, 512)}
 LPIPS_EPS = 1e-10  # normalize_tensor's eps in the official code
 _LIN_KEY = re.compile(r"^lin(\d+)\.(?:model\.\d+\.)?weight$")
@@ -457,76 +454,86 @@ def load_lpips_heads(net: str, heads: HeadsSource = None) -> list[torch.Tensor]:
     return out
 
 
-def unit_normalize(features: torch.Tensor, dim: int = 1) -> torch.Tensor:
-    """LPIPS's normalize_tensor: each position's feature vector divided by its norm + 1e-10.
-
-    vector_norm rather than sqrt(sum of squares): the same value, and a zero (not NaN) gradient where a
-    location's features are all zero.
-    """
-    return features / (torch.linalg.vector_norm(features, dim=dim, keepdim=True) + LPIPS_EPS)
+def _as_map(tap: torch.Tensor) -> torch.Tensor:
+    """A tap as a (B, C, H, W) map; token (B, T, D) and embedding taps as (B, D, T, 1) / (B, E, 1, 1)."""
+    return tap if tap.dim() == 4 else as_channel_map(tap).unsqueeze(-1)
 
 
-class LPIPS(FeatureMetric):
-    """LPIPS v0.1 (Zhang et al. 2018) with a torchvision AlexNet or VGG16 backbone. Lower is better, 0 = identical.
+@register_comparator("lpips", "LPIPS v0.1 learned linear heads on unit-normalised channels (VGG16, AlexNet taps)")
+class LPIPSHeads(Comparator):
+    """LPIPS v0.1 (Zhang et al. 2018) as the official ``lpips.LPIPS(net=..., version='0.1')`` computes it after its
+    backbone: each tap divided by its channel-wise L2 norm (+ 1e-10), squared difference, 1x1 linear head
+    (non-negative weights, no bias), spatial mean, sum over the taps. The heads exist for the five LPIPS taps of
+    VGG16 and AlexNet (``heads=``: see :func:`load_lpips_heads`). Lower is better; the loss is the score."""
 
-    What is computed (as the official ``lpips.LPIPS(net=..., version='0.1')`` called on images in [-1, 1]):
-    x in [0, 1] -> 2x - 1 -> ScalingLayer (x - shift) / scale -> backbone taps (AlexNet relu1..relu5 or
-    VGG16 relu1_2, relu2_2, relu3_3, relu4_3, relu5_3) -> each tap divided by its channel-wise L2 norm
-    (+ 1e-10) -> squared difference -> 1x1 linear head (non-negative weights, no bias) -> spatial mean ->
-    sum over the five layers. Backbone weights come from the project's resolver (``weights=``), the heads
-    from :func:`load_lpips_heads` (``heads=``). :meth:`loss` is the score itself.
-    """
+    #: backbone -> lpips net name
+    NETS = {"vgg16": "vgg", "alexnet": "alex"}
 
-    higher_is_better = False
+    def __init__(self, heads: HeadsSource = None) -> None:
+        super().__init__()
+        self.heads_source = heads
+        self.n_taps = 0
+
+    def bind(self, backbone: str, taps: Sequence[str]) -> None:
+        net = self.NETS.get(backbone)
+        if net is None:
+            raise KeyError(f"LPIPS heads exist for {sorted(self.NETS)} only, not {backbone!r}")
+        head_taps = LPIPS_TAPS[net][1]
+        missing = [t for t in taps if t not in head_taps]
+        if missing:
+            raise KeyError(f"LPIPS has no head for {backbone} tap(s) {missing}; heads exist for {list(head_taps)}")
+        heads = load_lpips_heads(net, self.heads_source)
+        for k, tap in enumerate(taps):
+            self.register_buffer(f"lin{k}", heads[head_taps.index(tap)], persistent=False)
+        self.n_taps = len(taps)
+
+    @property
+    def heads(self) -> list[torch.Tensor]:
+        return [getattr(self, f"lin{k}") for k in range(self.n_taps)]
+
+    def prepare(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [unit_normalize(_as_map(t)) for t in taps]
+
+    def layer_distances(self, dist: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
+        """(B, taps): the spatially averaged weighted squared difference of each tap; their sum is the score."""
+        per_layer = []
+        for fd, fr, w in zip(dist, ref, self.heads, strict=True):
+            per_layer.append(F.conv2d((fd - fr) ** 2, w.to(fd.dtype)).mean(dim=(1, 2, 3)))
+        return torch.stack(per_layer, dim=1)
+
+    def compare(self, dist: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
+        return self.layer_distances(dist, ref).sum(dim=1)
+
+
+class LPIPS(PresetMetric):
+    """LPIPS v0.1 (Zhang et al. 2018) with a torchvision AlexNet or VGG16 backbone: the preset of backbone ``alexnet``
+    / ``vgg16`` with LPIPS's input scaling (x in [0, 1] -> 2x - 1 -> (x - shift) / scale), the five LPIPS taps
+    (AlexNet relu1..relu5, VGG16 relu1_2 .. relu5_3) and the ``lpips`` comparator. Lower is better, 0 = identical;
+    :meth:`loss` is the score. Backbone weights from the project's resolver (``weights=``), heads from
+    :func:`load_lpips_heads` (``heads=``)."""
+
     paper = PAPER_LPIPS
+    higher_is_better = False
     requires_same_size = True
     net = ""
 
     def __init__(self, net: str | None = None, weights: WeightsSource = None, heads: HeadsSource = None,
-                 dtype: torch.dtype | None = None) -> None:
-        super().__init__()
+                 dtype: torch.dtype | None = None, **options: Any) -> None:
         net = net or self.net
         if net not in LPIPS_TAPS:
             raise ValueError(f"LPIPS net must be one of {sorted(LPIPS_TAPS)}, got {net!r}")
+        super().__init__(weights=weights, dtype=dtype, preset=lpips_preset(net),
+                         comparator_options={"heads": heads}, **options)
         self.net = net
-        arch, taps = LPIPS_TAPS[net]
-        spec = BACKBONES[arch]
-        self.backbone = TapExtractor(build_features(arch, weights, upto=taps[-1]), spec.ends(taps))
-        self.min_size = spec.min_size(taps)
-        self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
-        for k, w in enumerate(load_lpips_heads(net, heads)):
-            self.register_buffer(f"lin{k}", w, persistent=False)
-        self.set_dtype(dtype)
 
     @property
     def heads(self) -> list[torch.Tensor]:
-        return [getattr(self, f"lin{k}") for k in range(5)]
+        return self.comparator.heads
 
-    def features(self, x: torch.Tensor, **kwargs: Any) -> list[torch.Tensor]:
-        """Unit-normalised taps of the scaled image, one (B, C_k, h_k, w_k) tensor per layer."""
-        h = ((2 * x - 1) - self.shift) / self.scale
-        out = []
-        for f in self.backbone(h):
-            out.append(unit_normalize(f))
-        return out
 
-    def layer_distances(self, dist_features: list[torch.Tensor], ref_features: list[torch.Tensor]) -> torch.Tensor:
-        """(B, 5): the spatially averaged weighted squared difference of each layer; their sum is the score."""
-        per_layer = []
-        for fd, fr, w in zip(dist_features, ref_features, self.heads, strict=True):
-            weighted = F.conv2d((fd - fr) ** 2, w.to(fd.dtype))
-            per_layer.append(weighted.mean(dim=(1, 2, 3)))
-        return torch.stack(per_layer, dim=1)
-
-    def compare(self, dist_features: list[torch.Tensor], ref_features: list[torch.Tensor]) -> torch.Tensor:
-        return self.layer_distances(dist_features, ref_features).sum(dim=1)
-
-    def loss(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return self(dist, ref)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, net={self.net!r}"
+def lpips_preset(net: str) -> Preset:
+    arch, taps = LPIPS_TAPS[net]
+    return Preset(arch, "lpips", taps, backbone_options={"normalize": "lpips"})
 
 
 @register_metric("lpips-alex", description="LPIPS v0.1 (CVPR 2018), AlexNet backbone, official linear heads")
@@ -535,6 +542,7 @@ class LPIPSAlex(LPIPS):
 
     name = "lpips-alex"
     net = "alex"
+    preset = lpips_preset("alex")
 
 
 @register_metric("lpips-vgg", description="LPIPS v0.1 (CVPR 2018), VGG16 backbone, official linear heads")
@@ -543,6 +551,7 @@ class LPIPSVGG(LPIPS):
 
     name = "lpips-vgg"
     net = "vgg"
+    preset = lpips_preset("vgg")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -550,7 +559,7 @@ class LPIPSVGG(LPIPS):
 # --------------------------------------------------------------------------------------------------
 
 #: Taps of the official DISTS_pt.py: the raw image, then VGG16 (max pools -> L2 pooling) stage outputs.
-DISTS_TAPS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
+DISTS_TAPS = BACKBONES["vgg16"].stage_taps
 DISTS_CHANNELS = (3, 64, 128, 256, 512, 512)
 DISTS_C1 = DISTS_C2 = 1e-6  # official c1, c2
 
@@ -598,61 +607,92 @@ def dists_terms(dist_features: list[torch.Tensor], ref_features: list[torch.Tens
     return torch.cat(ls, dim=1), torch.cat(ss, dim=1)
 
 
-@register_metric("dists", description="DISTS (TPAMI 2020): structure and texture similarity of L2-pooled "
-                 "VGG16 features, official alpha/beta")
-class DISTS(FeatureMetric):
-    """DISTS (Ding et al.), without resizing. Lower is better, 0 = identical; :meth:`loss` is the score.
-
-    What is computed (as the official ``DISTS_pt.py`` of ``DISTS-pytorch==0.1``, ``DISTS()(ref, dist)``):
-    the ImageNet-normalised image goes through VGG16 whose max pools are replaced by L2 pooling
-    (:class:`~iqa_core.backbones.L2Pool`: sqrt of a stride-2 3x3 Hanning-weighted mean of squares, the
-    filter of ``np.hanning(5)[1:-1]``); the six feature sets are the raw image in [0, 1] and the outputs
-    relu1_2, relu2_2, relu3_3, relu4_3, relu5_3. Per channel j of each set, with global spatial means mu,
-    variances sigma^2 and covariance sigma_xy:
+@register_comparator("dists", "DISTS (TPAMI 2020) texture and structure terms with the learned alpha/beta")
+class DISTSTerms(Comparator):
+    """DISTS (Ding et al.) after its backbone, as the official ``DISTS_pt.py`` of ``DISTS-pytorch==0.1``: per
+    channel j of every tap, with global spatial means mu, variances sigma^2 and covariance sigma_xy,
     l = (2 mu_x mu_y + c1) / (mu_x^2 + mu_y^2 + c1), s = (2 sigma_xy + c2) / (sigma_x^2 + sigma_y^2 + c2),
-    c1 = c2 = 1e-6, and D = 1 - sum_j (alpha_j l_j + beta_j s_j) / sum_j (alpha_j + beta_j).
-    The official code resizes nothing unless asked (``prepare_image(resize=True)``); neither does this.
-    """
+    c1 = c2 = 1e-6, and D = 1 - sum_j (alpha_j l_j + beta_j s_j) / sum_j (alpha_j + beta_j). The learned
+    alpha/beta (``heads=``, :func:`load_dists_alpha_beta`) belong to the six DISTS taps ``[pixels, relu1_2, relu2_2,
+    relu3_3, relu4_3, relu5_3]`` of the L2-pooled VGG16. Lower is better; the loss is the score."""
 
-    name = "dists"
-    higher_is_better = False
-    paper = PAPER_DISTS
     requires_same_size = True  # the covariance term pairs the two feature maps position by position
+    tap_requirement = TapRequirement(min_positions=2)  # statistics over each channel's positions
 
-    def __init__(self, weights: WeightsSource = None, heads: HeadsSource = None,
-                 dtype: torch.dtype | None = None) -> None:
+    def __init__(self, heads: HeadsSource = None) -> None:
         super().__init__()
-        self.normalize = ImageNetNormalize()
-        self.backbone = TapExtractor(build_features("vgg16", weights, upto=DISTS_TAPS[-1], l2_pooling=True),
-                                     BACKBONES["vgg16"].ends(DISTS_TAPS))
-        # L2 pooling keeps ceil(h/2) x ceil(w/2), so every tap exists for any size, but the texture and structure
-        # terms are statistics over each channel's positions: the deepest tap needs two of them (17 px)
-        self.min_size = BACKBONES["vgg16"].min_size(("image", *DISTS_TAPS), l2_pooling=True,
-                                                    requirement=TapRequirement(min_positions=2))
-        alpha, beta = load_dists_alpha_beta(heads)
+        self.heads_source = heads
+
+    def bind(self, backbone: str, taps: Sequence[str]) -> None:
+        if backbone != "vgg16-l2pool" or tuple(taps) != ("pixels", *DISTS_TAPS):
+            raise KeyError(f"DISTS's alpha/beta belong to the taps {['pixels', *DISTS_TAPS]} of vgg16-l2pool, not "
+                           f"{list(taps)} of {backbone!r}; use dists-uniform on other taps")
+        alpha, beta = load_dists_alpha_beta(self.heads_source)
         self.register_buffer("alpha", alpha, persistent=False)
         self.register_buffer("beta", beta, persistent=False)
-        self.set_dtype(dtype)
 
-    def features(self, x: torch.Tensor, **kwargs: Any) -> list[torch.Tensor]:
-        """[image, relu1_2, relu2_2, relu3_3, relu4_3, relu5_3] of the L2-pooled VGG16."""
-        return [x, *self.backbone(self.normalize(x))]
+    def prepare(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [_as_map(t) for t in taps]
 
-    def similarity_terms(self, dist_features: list[torch.Tensor],
-                         ref_features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel structure-of-means l (B, 1475) and texture s (B, 1475) terms of every feature set."""
-        return dists_terms(dist_features, ref_features)
+    def similarity_terms(self, dist: list[torch.Tensor], ref: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel structure-of-means l (B, channels) and texture s (B, channels) terms of every tap."""
+        return dists_terms(dist, ref)
 
-    def compare(self, dist_features: list[torch.Tensor], ref_features: list[torch.Tensor]) -> torch.Tensor:
-        l_term, s_term = self.similarity_terms(dist_features, ref_features)
+    def compare(self, dist: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
+        l_term, s_term = self.similarity_terms(dist, ref)
         alpha = self.alpha.flatten().to(l_term.dtype)
         beta = self.beta.flatten().to(l_term.dtype)
         total = alpha.sum() + beta.sum()
         return 1 - ((l_term * (alpha / total)).sum(dim=1) + (s_term * (beta / total)).sum(dim=1))
 
-    def loss(self, dist: torch.Tensor, ref: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        return self(dist, ref)
 
+@register_comparator("dists-uniform", "DISTS-style texture + structure terms with uniform weights")
+class DISTSUniform(Comparator):
+    """1 - mean over every channel of every tap of (l + s) / 2, DISTS's terms (c1 = c2 = 1e-6) with the learned
+    alpha/beta replaced by uniform weights, on any taps. Tokens count as channels D at T positions."""
+
+    requires_same_size = False
+    tap_requirement = TapRequirement(min_positions=2)  # statistics over positions
+
+    def prepare(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [as_channel_map(t).unsqueeze(-1) for t in taps]  # (B, C, N, 1) for dists_terms
+
+    def compare(self, dist: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
+        l_term, s_term = dists_terms(dist, ref)
+        return 1 - (l_term + s_term).mean(1) / 2
+
+
+@register_metric("dists", description="DISTS (TPAMI 2020): structure and texture similarity of L2-pooled "
+                 "VGG16 features, official alpha/beta")
+class DISTS(PresetMetric):
+    """DISTS (Ding et al.), without resizing: the preset of the L2-pooled VGG16 (ImageNet-normalised input; max
+    pools replaced by :class:`~iqa_core.backbones.L2Pool`, the filter of ``np.hanning(5)[1:-1]``), the taps
+    ``[pixels, relu1_2, relu2_2, relu3_3, relu4_3, relu5_3]`` (``pixels``: the image in [0, 1]) and the ``dists``
+    comparator. Lower is better, 0 = identical; :meth:`loss` is the score. The official code resizes nothing unless
+    asked (``prepare_image(resize=True)``); neither does this."""
+
+    name = "dists"
+    higher_is_better = False
+    paper = PAPER_DISTS
+    requires_same_size = True
+    preset = Preset("vgg16", "dists", ("pixels", *DISTS_TAPS), backbone_options={"l2_pooling": True})
+
+    def __init__(self, weights: WeightsSource = None, heads: HeadsSource = None,
+                 dtype: torch.dtype | None = None, **options: Any) -> None:
+        super().__init__(weights=weights, dtype=dtype, comparator_options={"heads": heads}, **options)
+
+    @property
+    def alpha(self) -> torch.Tensor:
+        return self.comparator.alpha
+
+    @property
+    def beta(self) -> torch.Tensor:
+        return self.comparator.beta
+
+    def similarity_terms(self, dist_features: list[list[torch.Tensor]],
+                         ref_features: list[list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel l and s terms (B, 1475) of the prepared features."""
+        return self.comparator.similarity_terms(dist_features[0], ref_features[0])
 
 
 # --------------------------------------------------------------------------------------------------

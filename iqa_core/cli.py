@@ -55,7 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_metric_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--metric", required=True, help="registered metric name (see `list`)")
+        p.add_argument("--metric", help="registered metric name (see `list`); or compose one with --backbone and "
+                       "--comparator")
+        p.add_argument("--backbone", help="registered backbone (see `list --backbones`), e.g. vgg16, dinov1")
+        p.add_argument("--comparator", help="registered comparator (see `list --comparators`), e.g. l2, wsd, gram-ssim")
+        p.add_argument("--taps", help="comma-separated taps (default: the metric's or the backbone's; 'embedding' for "
+                       "a final embedding)")
+        p.add_argument("--stride", type=_positive, help="sliding-window stride of windowed backbones (ZS-IQA: 200)")
         p.add_argument("--weights", help="backbone weights file (state dict); default: the resolver's order")
         p.add_argument("--device", default="cpu", type=device_argument, help="torch device, e.g. cpu or cuda")
         p.add_argument("--dtype", choices=sorted(DTYPES), help="the dtype the whole metric computes in (float32; "
@@ -82,18 +88,40 @@ def build_parser() -> argparse.ArgumentParser:
                        "interrupted (a rerun resumes); splits a long run over several sessions")
     add_metric_options(batch)
 
-    lister = sub.add_parser("list", help="list the registered metrics")
+    lister = sub.add_parser("list", help="list the registered metrics (or backbones, comparators)")
     lister.add_argument("--json", action="store_true")
+    lister.add_argument("--verbose", action="store_true", help="also each deep metric's backbone, taps, comparator")
+    lister.add_argument("--backbones", action="store_true", help="list the backbones with their taps instead")
+    lister.add_argument("--comparators", action="store_true", help="list the comparators instead")
     return parser
 
 
 def _build_metric(args: argparse.Namespace) -> Metric:
-    kwargs = {}
+    """The registered ``--metric``, or the composition ``--backbone`` x ``--comparator`` (one path either way)."""
+    kwargs: dict[str, object] = {}
     if args.weights:
         kwargs["weights"] = args.weights
     if args.dtype:
         kwargs["dtype"] = DTYPES[args.dtype]
-    return create_metric(args.metric, **kwargs).to(args.device).eval()
+    if args.taps:
+        kwargs["taps"] = [t.strip() for t in args.taps.split(",") if t.strip()]
+    if args.stride:
+        kwargs["stride"] = args.stride
+    composed = args.backbone or args.comparator
+    if composed and args.metric:
+        raise ValueError("give --metric, or --backbone with --comparator, not both")
+    if composed:
+        if not (args.backbone and args.comparator):
+            raise ValueError("--backbone and --comparator go together (e.g. --backbone vgg16 --comparator wsd)")
+        from iqa_core.deep_features import DeepFeatureMetric
+
+        metric: Metric = DeepFeatureMetric(args.backbone, args.comparator, **kwargs)
+        args.metric = f"{args.backbone}:{args.comparator}"
+    elif args.metric:
+        metric = create_metric(args.metric, **kwargs)
+    else:
+        raise ValueError("no metric: give --metric NAME (see `list`), or --backbone and --comparator")
+    return metric.to(args.device).eval()
 
 
 def _image_reader(args: argparse.Namespace) -> Callable[..., torch.Tensor]:
@@ -121,6 +149,8 @@ def cmd_score(args: argparse.Namespace) -> int:
               "ref": args.ref, "dist": args.dist, "device": str(metric.device)}
     if loss is not None:
         result["loss"] = loss
+    if hasattr(metric, "tap_names"):  # deep metrics: what was compared
+        result.update(backbone=metric.backbone.name, taps=metric.tap_names, comparator=metric.comparator.name)
     if args.json:
         print(json.dumps(result))
     else:
@@ -197,15 +227,38 @@ def _path(root: Path, value: str | None) -> str | None:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.backbones or args.comparators:
+        return _list_parts(args)
     infos = [metric_info(name) for name in list_metrics()]
     if args.json:
-        print(json.dumps([{"name": i.name, "higher_is_better": i.higher_is_better, "paper": i.paper,
-                           "requires_same_size": i.requires_same_size, "description": i.description}
-                          for i in infos]))
+        print(json.dumps([i.describe() for i in infos]))
+        return 0
+    width = max(len(i.name) for i in infos)
+    for i in infos:
+        print(f"{i.name:{width}s}  {'higher' if i.higher_is_better else 'lower '} is better  {i.description}")
+        if args.verbose and i.preset is not None:
+            d = i.preset.describe()
+            taps = ",".join(d["taps"]) if isinstance(d["taps"], list) else d["taps"]
+            options = {k: v for k, v in {**d["backbone_options"], **d["comparator_options"]}.items()}
+            print(f"{'':{width}s}    backbone {d['backbone']}  taps {taps}  comparator {d['comparator']}  "
+                  f"output {d['output']}" + (f"  options {options}" if options else ""))
+    return 0
+
+
+def _list_parts(args: argparse.Namespace) -> int:
+    from iqa_core.backbones import backbone_info, list_backbones
+    from iqa_core.comparators import comparator_info, list_comparators
+
+    if args.backbones:
+        rows = [{"name": n, "description": backbone_info(n).description} for n in list_backbones()]
     else:
-        width = max(len(i.name) for i in infos)
-        for i in infos:
-            print(f"{i.name:{width}s}  {'higher' if i.higher_is_better else 'lower '} is better  {i.description}")
+        rows = [{"name": n, "higher_is_better": comparator_info(n).higher_is_better,
+                 "description": comparator_info(n).description} for n in list_comparators()]
+    if args.json:
+        print(json.dumps(rows))
+    else:
+        for row in rows:
+            print(f"{row['name']:16s} {row['description']}")
     return 0
 
 

@@ -12,13 +12,12 @@ name           best  per tap, then over taps
 ============== ===== ============================================================================================
 unit-l2        low   LPIPS without learned heads: channels unit-normalised, squared difference summed over channels,
                      spatial mean; summed over taps
-lpips          low   the same weighted by LPIPS v0.1's learned linear heads (VGG16 and AlexNet taps only)
 cos-channel    low   1 - cosine of the channel vectors at each position, spatial mean; summed over taps
-dists-uniform  low   DISTS's texture (mean) and structure terms with uniform weights over all channels of all taps
 ============== ===== ============================================================================================
 
-The paper packages register theirs: ``gram-ssim`` (deepssim), ``deepwsd``/``deepjsd``/``deepskld``
-(distribution_measures) and ``l2``, ``cos``, ``wsd``, ``jsd``, ``skld``, ``swd`` (zs_iqa).
+The packages register theirs: ``lpips``, ``dists``, ``dists-uniform`` (iqa_core.baselines), ``gram-ssim`` and
+``gram-ssim-lite`` (deepssim), ``deepwsd``/``deepjsd``/``deepskld`` (distribution_measures) and ``l2``, ``cos``,
+``wsd``, ``jsd``, ``skld``, ``swd`` (zs_iqa).
 """
 
 from __future__ import annotations
@@ -34,10 +33,10 @@ from iqa_core.backbones import TapRequirement
 from iqa_core.registry import Registry
 
 __all__ = ["Comparator", "ComparatorInfo", "register_comparator", "create_comparator", "list_comparators",
-           "comparator_info", "as_channel_map", "UnitL2", "LPIPSHeads", "CosineChannel", "DISTSUniform"]
+           "comparator_info", "as_channel_map", "unit_normalize", "unit_channel_maps", "UnitL2", "CosineChannel"]
 
 #: Paper packages that register comparators when imported.
-COMPARATOR_PACKAGES = ("deepssim", "distribution_measures", "zs_iqa")
+COMPARATOR_PACKAGES = ("iqa_core.baselines", "deepssim", "distribution_measures", "zs_iqa")
 
 
 class Comparator(nn.Module):
@@ -59,6 +58,23 @@ class Comparator(nn.Module):
 
     def compare(self, dist: Any, ref: Any) -> torch.Tensor:
         raise NotImplementedError
+
+    def compare_loss(self, dist: Any, ref: Any) -> torch.Tensor:
+        """The training-loss form of :meth:`compare` (lower is better): the score of lower-is-better comparators,
+        1 - score otherwise; comparators whose loss is another quantity override it."""
+        score = self.compare(dist, ref)
+        return 1 - score if self.higher_is_better else score
+
+    #: whether :meth:`prepare` is a sum over positions, so that tiles' :meth:`partial_sums` add up to it
+    additive: ClassVar[bool] = False
+
+    def partial_sums(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The per-position sums :meth:`prepare` is made of (additive comparators)."""
+        raise NotImplementedError(f"{self.name} is not a sum over positions")
+
+    def finish(self, sums: list[torch.Tensor], positions: list[int]) -> Any:
+        """:meth:`prepare`'s value from the summed :meth:`partial_sums` over ``positions`` positions per tap."""
+        raise NotImplementedError(f"{self.name} is not a sum over positions")
 
     def forward(self, dist_taps: list[torch.Tensor], ref_taps: list[torch.Tensor]) -> torch.Tensor:
         return self.compare(self.prepare(dist_taps), self.prepare(ref_taps))
@@ -114,9 +130,21 @@ def as_channel_map(tap: torch.Tensor) -> torch.Tensor:
     raise ValueError(f"a tap must be (B,C,H,W), (B,T,D) or (B,E), got shape {tuple(tap.shape)}")
 
 
-def _unit_normalize(taps: list[torch.Tensor]) -> list[torch.Tensor]:
-    from iqa_core.baselines import unit_normalize
+#: LPIPS's normalize_tensor eps (official code)
+UNIT_EPS = 1e-10
 
+
+def unit_normalize(features: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Each position's feature vector divided by its norm + 1e-10 (LPIPS's normalize_tensor).
+
+    vector_norm rather than sqrt(sum of squares): the same value, and a zero (not NaN) gradient where a
+    location's features are all zero.
+    """
+    return features / (torch.linalg.vector_norm(features, dim=dim, keepdim=True) + UNIT_EPS)
+
+
+def unit_channel_maps(taps: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Every tap as (B, C, N) channel vectors, each unit-normalised."""
     return [unit_normalize(as_channel_map(t), dim=1) for t in taps]
 
 
@@ -125,46 +153,10 @@ class UnitL2(Comparator):
     """sum_taps mean_positions sum_channels (f_d/|f_d| - f_r/|f_r|)^2: LPIPS with all head weights 1."""
 
     def prepare(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
-        return _unit_normalize(taps)
+        return unit_channel_maps(taps)
 
     def compare(self, dist: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
         return sum(((d - r) ** 2).sum(1).mean(-1) for d, r in zip(dist, ref, strict=True))
-
-
-@register_comparator("lpips", "LPIPS v0.1 learned linear heads on unit-normalised channels (VGG16, AlexNet taps)")
-class LPIPSHeads(UnitL2):
-    """LPIPS v0.1: the squared differences of :class:`UnitL2` weighted per channel by the learned heads. On
-    the five LPIPS taps of VGG16/AlexNet (ImageNet-normalised input) it equals ``lpips-vgg``/``lpips-alex``."""
-
-    #: backbone -> (lpips net name, the taps that carry heads, in the heads' order)
-    NETS = {"vgg16": "vgg", "alexnet": "alex"}
-
-    def __init__(self, heads: Any = None) -> None:
-        super().__init__()
-        self.heads_source = heads
-        self.weights: list[torch.Tensor] = []
-
-    def bind(self, backbone: str, taps: Sequence[str]) -> None:
-        from iqa_core.baselines import LPIPS_TAPS, load_lpips_heads
-
-        net = self.NETS.get(backbone)
-        if net is None:
-            raise KeyError(f"LPIPS heads exist for {sorted(self.NETS)} only, not {backbone!r}")
-        head_taps = LPIPS_TAPS[net][1]
-        missing = [t for t in taps if t not in head_taps]
-        if missing:
-            raise KeyError(f"LPIPS has no head for {backbone} tap(s) {missing}; heads exist for {list(head_taps)}")
-        heads = load_lpips_heads(net, self.heads_source)
-        for k, tap in enumerate(taps):
-            self.register_buffer(f"lin{k}", heads[head_taps.index(tap)].flatten(), persistent=False)
-        self.n_taps = len(taps)
-
-    def compare(self, dist: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
-        total = 0
-        for k, (d, r) in enumerate(zip(dist, ref, strict=True)):
-            w = getattr(self, f"lin{k}").to(d.dtype)
-            total = total + (((d - r) ** 2) * w[:, None]).sum(1).mean(-1)
-        return total
 
 
 @register_comparator("cos-channel", "1 - cosine similarity of the channel vectors at each position")
@@ -172,25 +164,7 @@ class CosineChannel(Comparator):
     """sum_taps mean_positions (1 - cos(f_d, f_r)) with the cosine over channels (over D for tokens)."""
 
     def prepare(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
-        return _unit_normalize(taps)
+        return unit_channel_maps(taps)
 
     def compare(self, dist: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
         return sum((1 - (d * r).sum(1)).mean(-1) for d, r in zip(dist, ref, strict=True))
-
-
-@register_comparator("dists-uniform", "DISTS-style texture + structure terms with uniform weights")
-class DISTSUniform(Comparator):
-    """1 - mean over every channel of every tap of (l + s) / 2, DISTS's terms (c1 = c2 = 1e-6) with the learned
-    alpha/beta replaced by uniform weights. Tokens count as channels D at T positions."""
-
-    requires_same_size = False
-    tap_requirement = TapRequirement(min_positions=2)  # statistics over positions
-
-    def prepare(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [as_channel_map(t).unsqueeze(-1) for t in taps]  # (B, C, N, 1) for dists_terms
-
-    def compare(self, dist: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
-        from iqa_core.baselines import dists_terms
-
-        l_term, s_term = dists_terms(dist, ref)
-        return 1 - (l_term + s_term).mean(1) / 2

@@ -124,6 +124,16 @@ class MetricInfo:
     requires_same_size: bool
     description: str
     defaults: dict[str, Any] = field(default_factory=dict)
+    #: deep metrics: the iqa_core.deep_features.Preset (backbone, taps, comparator, options, output) it runs
+    preset: Any = None
+
+    def describe(self) -> dict[str, Any]:
+        """Plain values for listings: direction, paper, size rule and, for deep metrics, the preset."""
+        out = {"name": self.name, "higher_is_better": self.higher_is_better, "paper": self.paper,
+               "requires_same_size": self.requires_same_size, "description": self.description}
+        if self.preset is not None:
+            out.update(self.preset.describe())
+        return out
 
 
 _REGISTRY: Registry[MetricInfo] = Registry("metric", METRIC_PACKAGES)
@@ -135,7 +145,7 @@ def register_metric(name: str, description: str = "", **defaults: Any) -> Callab
     def decorate(cls: type) -> type:
         doc = description or (cls.__doc__ or "").strip().splitlines()[0]
         _REGISTRY.add(name, MetricInfo(name, cls, cls.higher_is_better, cls.paper, cls.requires_same_size,
-                                       doc, dict(defaults)))
+                                       doc, dict(defaults), getattr(cls, "preset", None)))
         return cls
 
     return decorate

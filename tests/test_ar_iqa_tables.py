@@ -61,9 +61,9 @@ def test_each_reference_is_encoded_once(tid_fixture, tmp_path, monkeypatch):
 
     tables = importlib.import_module("experiments.ar_iqa_tables")
     passes = []
-    original = DeepSSIMLite.feature_map
-    monkeypatch.setattr(DeepSSIMLite, "feature_map", lambda self, x, mask=None: passes.append(1) or
-                        original(self, x, mask))
+    original = DeepSSIMLite.tap_outputs
+    monkeypatch.setattr(DeepSSIMLite, "tap_outputs", lambda self, x, **kw: passes.append(1) or
+                        original(self, x, **kw))
     assert tables.main(["--dataset", "TID2013", "--root", str(tid_fixture), "--metrics", "deepssim-lite",
                         "--quick", "--out", str(tmp_path / "out"), "--device", "cpu"]) == 0
     records = list(load_dataset("TID2013", root=tid_fixture))[:40]

@@ -91,9 +91,9 @@ def test_batch_encodes_each_reference_once(tmp_path, example_dir, monkeypatch):
     from deepssim.deepssim import DeepSSIMLite
 
     passes = []
-    original = DeepSSIMLite.feature_map
-    monkeypatch.setattr(DeepSSIMLite, "feature_map", lambda self, x, mask=None: passes.append(x.shape) or
-                        original(self, x, mask))
+    original = DeepSSIMLite.tap_outputs
+    monkeypatch.setattr(DeepSSIMLite, "tap_outputs", lambda self, x, **kw: passes.append(x.shape) or
+                        original(self, x, **kw))
     pairs = _four_pairs(tmp_path)
     assert main(["batch", "--pairs", str(pairs), "--root", str(example_dir), "--out", str(tmp_path / "s.csv"),
                  *ROOT_ARGS]) == 0

@@ -161,9 +161,12 @@ def test_bad_inputs(formula_weights):
     with pytest.raises(IQAInputError, match="0..255"):
         metric(x * 255, x)
     state, _ = formula_weights("efficientnet_b7")
-    small = torch.rand(1, 3, 64, 64)  # the stride-32 taps are 2x2: the window rule empties them
-    with pytest.raises(IQAInputError, match="too small: tap .stage4. is 4x4"):
-        create_metric("deepwsd-efficientnet", weights=state)(small, small)
+    small = torch.rand(1, 3, 64, 64)  # the stride-32 taps are 2x2: the window rule would empty them
+    metric = create_metric("deepwsd-efficientnet", weights=state)
+    with pytest.raises(IQAInputError, match="dist: image of 64x64 pixels is too small.*at least 129x129"):
+        metric(small, small)
+    with pytest.raises(IQAInputError, match=r"shape \(1, 160, 2, 2\) has no 8x8-window columns"):
+        metric.comparator.prepare([torch.rand(1, 160, 2, 2)])  # what the size rule protects against
 
 
 @pytest.mark.parametrize("name,sensitive", [("deepwsd-efficientnet", True), ("deepwsd-vgg", False)])
@@ -176,10 +179,10 @@ def test_conditioning_of_the_raw_loss(name, sensitive, formula_weights, kadid_pa
     ref, dist, _ = kadid_pairs["kadid_I47_22_02"]
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
-        taps_d, taps_r = metric.feature_map(dist), metric.feature_map(ref)
-        base = metric.compare_feature_maps(taps_d, taps_r).item()
+        (taps_d,), (taps_r,) = metric.tap_outputs(dist), metric.tap_outputs(ref)
+        base = metric.compare_taps([taps_d], [taps_r]).item()
         noisy = [t * (1 + 1e-6 * torch.randn(t.shape, generator=g)) for t in taps_d]
-        change = abs(metric.compare_feature_maps(noisy, taps_r).item() - base) / base
+        change = abs(metric.compare_taps([noisy], [taps_r]).item() - base) / base
     assert (change > 3e-4) if sensitive else (change < 1e-5), change
 
 
@@ -218,7 +221,7 @@ def test_fast_wasserstein_is_used_by_deepwsd_and_matches_pot(example_dir):
     dists, refs = _crops(example_dir, n=1)
     with torch.no_grad():
         fast = metric.loss(dists, refs)
-        metric.wasserstein = wasserstein_grid_pot
+        metric.comparator.wasserstein = wasserstein_grid_pot
         slow = metric.loss(dists, refs)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=0)
 

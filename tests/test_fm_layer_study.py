@@ -41,9 +41,9 @@ def count_passes(monkeypatch) -> list[int]:
     calls = [0]
     original = TapGrid.tap_outputs
 
-    def counted(self, x):
+    def counted(self, x, *args):
         calls[0] += 1
-        return original(self, x)
+        return original(self, x, *args)
 
     monkeypatch.setattr(TapGrid, "tap_outputs", counted)
     return calls

@@ -22,9 +22,8 @@ from iqa_core.transforms import (
     rotate,
     scale,
     translate,
-    zs_iqa_load_pair,
-    zs_iqa_perturb,
 )
+from zs_iqa.protocol import zs_iqa_load_pair, zs_iqa_perturb
 
 I47 = EXAMPLES / "kadid10k_I47_sample" / "I47.png"
 NAMES = sorted(GEOMETRIC_TRANSFORMS)

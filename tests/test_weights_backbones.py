@@ -8,7 +8,7 @@ import torchvision
 
 from iqa_core import WeightsNotFoundError, resolve_weights
 from iqa_core import weights as weights_module
-from iqa_core.backbones import BACKBONES, TapExtractor, build_features
+from iqa_core.backbones import BACKBONES, TorchvisionBackbone, build_features
 from iqa_core.weights import InvalidWeightsError
 
 
@@ -107,7 +107,7 @@ def test_metric_accepts_weights_argument(isolated):
 
     sd = _random_features("vgg16", 5)
     metric = DeepSSIM(weights=sd)
-    torch.testing.assert_close(metric.backbone[0].weight, sd["features.0.weight"])
+    torch.testing.assert_close(metric.backbone.features[0].weight, sd["features.0.weight"])
     with pytest.raises(WeightsNotFoundError):
         DeepSSIM()
 
@@ -124,7 +124,7 @@ def test_tap_table_and_min_sizes(arch):
     spec = BACKBONES[arch]
     features = build_features(arch, weights=_random_features(arch, 6))
     x = torch.rand(1, 3, 64, 64)
-    taps = TapExtractor(features, list(spec.taps.values()))(x)
+    taps = TorchvisionBackbone(arch, weights=_random_features(arch, 6), normalize=False)(x, list(spec.taps))
     assert [t.shape[1] for t in taps] == CHANNELS[arch]
     for out, end in zip(taps, spec.taps.values(), strict=True):
         torch.testing.assert_close(out, features[:end](x))

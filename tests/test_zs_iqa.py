@@ -19,9 +19,10 @@ from conftest import ROOT
 from iqa_core import IQAInputError, create_metric, list_metrics, load_image
 from iqa_core.backbones import TapBackbone, create_backbone
 from iqa_core.comparators import create_comparator, list_comparators
-from iqa_core.deep_features import DeepFeatureMetric, TapGrid, window_grid, window_starts
+from iqa_core.deep_features import DeepFeatureMetric, TapGrid
 from zs_iqa.distances import DISTANCES
 from zs_iqa.metrics import CNN_BACKBONES, EMBEDDING_BACKBONES, FOUNDATION_BACKBONES
+from zs_iqa.protocol import window_grid, window_starts
 
 KADID = ROOT / "data" / "examples" / "kadid10k_I47_sample"
 RTOL = 1e-6  # measured: at most 6e-8 relative from the authors' distances.py (float32)
@@ -107,6 +108,9 @@ class PoolingBackbone(TapBackbone):
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[tuple[int, ...]] = []
+
+    def window_grid(self, height: int, width: int, stride: int | None = None) -> list[tuple[int, int]]:
+        return window_grid(height, width, self.window, stride or 200)
 
     def forward(self, x: torch.Tensor, taps: Sequence[str] | None = None) -> list[torch.Tensor]:
         taps = self.check_taps(taps)
@@ -287,8 +291,8 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.weights("alexnet")
 def test_cli_scores_a_pair_like_the_api() -> None:
     ref, dist = KADID / "I47.png", KADID / "I47_03_05.png"
-    out = _run("--ref", str(ref), "--dist", str(dist), "--backbone", "alexnet", "--distance", "jsd",
-               "--taps", "relu2,relu3", "--json")
+    out = _run("score", str(ref), str(dist), "--backbone", "alexnet", "--comparator", "jsd",
+               "--taps", "relu2,relu3", "--json")  # python -m zs_iqa: the alias of python -m iqa_core
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout.strip().splitlines()[-1])
     with torch.no_grad():
@@ -299,8 +303,9 @@ def test_cli_scores_a_pair_like_the_api() -> None:
 
 @pytest.mark.weights("alexnet")
 def test_cli_errors_exit_2() -> None:
-    out = _run("--ref", str(KADID / "I47.png"), "--dist", str(KADID / "missing.png"), "--backbone", "alexnet")
+    out = _run("score", str(KADID / "I47.png"), str(KADID / "missing.png"), "--backbone", "alexnet",
+               "--comparator", "l2")
     assert out.returncode == 2 and "not found" in out.stderr
-    out = _run("--ref", str(KADID / "I47.png"), "--dist", str(KADID / "I47.png"), "--distance", "nope",
+    out = _run("score", str(KADID / "I47.png"), str(KADID / "I47.png"), "--comparator", "nope",
                "--backbone", "alexnet")
     assert out.returncode == 2 and "unknown comparator" in out.stderr

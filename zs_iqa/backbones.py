@@ -31,7 +31,8 @@ Facts carried over from the official code and the libraries it used:
 - Images are float RGB in [0, 1] and go to every model without mean/std normalisation (the official
   ``prepare_image`` is ``ToTensor`` only); ``normalize=True`` applies the mean/std of the weights' timm
   ``pretrained_cfg`` instead (a documented deviation).
-- Every model sees 224 x 224 windows (``window = 224``); the sliding windows are cut elsewhere.
+- Every model sees 224 x 224 windows (``window = 224``), placed by ZS-IQA's rule (:func:`zs_iqa.protocol.window_grid`,
+  stride 200).
 - LayerNorm epsilon follows the official models: 1e-12 for the two HF ViT checkpoints (``ViTConfig`` default,
   used by the HF conversions of DINO and of Google's ViT), 1e-6 for DINOv2, 1e-5 for OpenAI CLIP.
 - DINOv2 stores 37 x 37 position embeddings (518 px) and HF resizes them for a 224 input (16 x 16) on every
@@ -78,6 +79,7 @@ from torch import nn
 from iqa_core.backbones import EMBEDDING, TapBackbone, register_backbone
 from iqa_core.validation import IQAInputError
 from iqa_core.weights import InvalidWeightsError, WeightsNotFoundError, WeightsSource, check_finite, read_state_file
+from zs_iqa.protocol import STRIDE, window_grid
 
 __all__ = ["FoundationSpec", "FOUNDATION_SPECS", "FoundationBackbone", "ViTTapBackbone", "ConvNeXtTapBackbone",
            "CLIPResNetTapBackbone", "CheckpointMismatchError", "HUB_FILES", "POS_EMBED_RESIZE",
@@ -690,6 +692,10 @@ class FoundationBackbone(TapBackbone):
     def tap_shapes(self) -> dict[str, tuple[int, ...]]:
         """Per-image shape of every tap and of the embedding for one ``window`` x ``window`` input."""
         return tap_shapes(self.name, self.window)
+
+    def window_grid(self, height: int, width: int, stride: int | None = None) -> list[tuple[int, int]]:
+        """ZS-IQA's sliding windows (stride 200 unless given)."""
+        return window_grid(height, width, self.window, stride or STRIDE)
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, window={self.window}, normalize={self.normalize}, "

@@ -31,34 +31,30 @@ inputs are float32 (the official CLIP models run in float16 on the GPU).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
-from distribution_measures.distances import (
-    WINDOW,
-    columns,
-    fit_to_window,
-    js_divergence,
-    l2_weight,
-    symmetric_kl,
-    wasserstein_grid,
-)
+from distribution_measures.distances import WINDOW, wasserstein_grid
+from distribution_measures.measures import DistributionComparator, Recipe, log_pow, tap_columns
 from iqa_core.backbones import TapRequirement
 from iqa_core.comparators import Comparator, register_comparator
 from iqa_core.validation import IQAInputError
 
 __all__ = ["ZSL2", "ZSCosine", "ZSWasserstein", "ZSJensenShannon", "ZSSymmetricKL", "ZSSlicedWasserstein",
-           "stacked_taps", "log_pow", "DISTANCES", "PDF_EPS", "LOG_EPS", "L2_C"]
+           "stacked_taps", "log_pow", "DISTANCES", "RECIPES", "PDF_EPS", "LOG_EPS", "L2_C"]
 
 PDF_EPS = 1e-10  # added to the softmax pdfs and their clamp floor (official KL_div, js_div)
 LOG_EPS = 1e-17  # inside the log of the JSD mixture (official js_div)
 L2_C = 10.0  # shift of the L2-term weight (official ws_distance, KL_distance)
 DISTANCES = ("l2", "cos", "wsd", "jsd", "skld", "swd")
-
-
-def log_pow(x: torch.Tensor) -> torch.Tensor:
-    """The official evaluation transform log(x + 1) ** 0.25 (wsd, jsd, skld)."""
-    return torch.log(x + 1) ** 0.25
+#: ZS-IQA's choices in the distribution measures' terms (distribution_measures.measures.Recipe)
+RECIPES = {
+    "wsd": Recipe("wsd", wsd_weights="softmax_columns", wsd_p=1, l2_c=L2_C),
+    "jsd": Recipe("jsd", l2_c=None, pdf_eps=PDF_EPS, jsd_eps_outside=LOG_EPS, drop_inf=True),
+    "skld": Recipe("skld", l2_c=L2_C, pdf_eps=PDF_EPS, drop_inf=True),
+}
 
 
 def stacked_taps(taps: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -75,13 +71,6 @@ def stacked_taps(taps: list[torch.Tensor]) -> list[torch.Tensor]:
         else:
             raise IQAInputError(f"the distribution distances need token or map taps, got shape {tuple(t.shape)}")
     return out
-
-
-def _columns(tensor: torch.Tensor) -> torch.Tensor:
-    fitted = fit_to_window(tensor, WINDOW, "round")
-    if fitted.shape[-1] == 0 or fitted.shape[-2] == 0:
-        raise IQAInputError(f"a tap of shape {tuple(tensor.shape)} is emptied by the window-{WINDOW} fitting rule")
-    return columns(fitted, WINDOW)
 
 
 class _PerTap(Comparator):
@@ -116,42 +105,41 @@ class ZSCosine(Comparator):
         return total
 
 
+class _ZSDistribution(DistributionComparator):
+    """A distribution measure as ZS-IQA computes it: the deep distribution measures' tap distance with ZS-IQA's
+    recipe (:data:`RECIPES`) on each stacked tap tensor, log(x + 1) ** 0.25 of each, summed. The loss is the
+    score."""
+
+    zs_distance: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        Comparator.__init__(self)
+        self.recipe = RECIPES[self.zs_distance]
+        self.wasserstein = wasserstein_grid
+
+    def prepare(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [tap_columns(t) for t in stacked_taps(taps)]
+
+    def compare(self, dist: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
+        return sum(log_pow(self.tap_distance(d, r)) for d, r in zip(dist, ref, strict=True))
+
+    def compare_loss(self, dist: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
+        return self.compare(dist, ref)
+
+
 @register_comparator("wsd", "ZS-IQA wsd: 1-D Wasserstein (p=1) of softmax-across-columns pdfs + L2 term")
-class ZSWasserstein(_PerTap):
-    def tensor_distance(self, d: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        x, y = _columns(d), _columns(r)
-        x, y = torch.broadcast_tensors(x, y)
-        wsd = wasserstein_grid(torch.softmax(x, dim=-1), torch.softmax(y, dim=-1), 1, nonnegative=True)
-        l2 = ((x - y) ** 2).sum(-2)
-        return log_pow((wsd + l2 * l2_weight(wsd, L2_C)).mean(-1))
-
-
-def _atom_pdfs(x: torch.Tensor) -> torch.Tensor:
-    """Softmax over the 64 atoms of each column, + 1e-10, floored at 1e-10 (official KL_div / js_div)."""
-    return torch.clamp(torch.softmax(x, dim=-2) + PDF_EPS, min=PDF_EPS)
-
-
-def _drop_inf(x: torch.Tensor) -> torch.Tensor:
-    return torch.where(torch.isinf(x), torch.zeros_like(x), x)
+class ZSWasserstein(_ZSDistribution):
+    zs_distance = "wsd"
 
 
 @register_comparator("jsd", "ZS-IQA jsd: Jensen-Shannon divergence of softmax pdfs over the 64 atoms")
-class ZSJensenShannon(_PerTap):
-    def tensor_distance(self, d: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        p, q = _atom_pdfs(_columns(d)), _atom_pdfs(_columns(r))
-        # js_divergence halves the sum of the two KL terms; the official code zeroes each inf term first
-        jsd = js_divergence(p, q, eps_outside=LOG_EPS)
-        return log_pow(_drop_inf(jsd).mean(-1))
+class ZSJensenShannon(_ZSDistribution):
+    zs_distance = "jsd"
 
 
 @register_comparator("skld", "ZS-IQA skld: symmetric KL of softmax pdfs over the 64 atoms + L2 term")
-class ZSSymmetricKL(_PerTap):
-    def tensor_distance(self, d: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        x, y = _columns(d), _columns(r)
-        x, y = torch.broadcast_tensors(x, y)
-        kld = _drop_inf(symmetric_kl(_atom_pdfs(x), _atom_pdfs(y)))
-        l2 = ((x - y) ** 2).sum(-2)
-        return log_pow((kld + l2 * l2_weight(kld, L2_C)).mean(-1))
+class ZSSymmetricKL(_ZSDistribution):
+    zs_distance = "skld"
 
 
 @register_comparator("swd", "ZS-IQA swd: sliced Wasserstein over the layers/channels, seeded directions")
