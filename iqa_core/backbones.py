@@ -19,7 +19,7 @@ import torchvision
 from torch import nn
 
 from iqa_core.registry import Registry
-from iqa_core.weights import InvalidWeightsError, WeightsSource, resolve_weights
+from iqa_core.weights import InvalidWeightsError, WeightsSource, resolve_weights, torchvision_query
 
 __all__ = ["BackboneSpec", "BACKBONES", "TapRequirement", "tap_sizes", "min_input_side", "build_features",
            "ImageNetNormalize", "TapExtractor", "L2Pool",
@@ -387,7 +387,7 @@ def _register_torchvision_backbones() -> None:
             arch, partial(TorchvisionBackbone, arch),
             description=f"torchvision {arch} features, ImageNet-normalised input; taps {list(BACKBONES[arch].taps)}",
             top1=torchvision_top1(arch), top1_source="torchvision weight metadata (IMAGENET1K_V1, acc@1)",
-            weights_hint=f"$IQA_WEIGHTS_DIR/{arch}_features.pth or torchvision's own file (see iqa_core.weights)")
+            weights_hint=torchvision_query(arch).advice())
 
 
 _register_torchvision_backbones()

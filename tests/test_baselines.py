@@ -18,9 +18,10 @@ from conftest import metric_params
 
 import iqa_core.baselines as B  # importing registers the metrics
 from iqa_core import IQAInputError, create_metric, list_metrics, load_image, metric_info
+from iqa_core import weights as weights_module
 from iqa_core.backbones import L2Pool
 from iqa_core.cli import main as cli_main
-from iqa_core.weights import InvalidWeightsError, WeightsNotFoundError
+from iqa_core.weights import InvalidWeightsError, WeightsNotFoundError, package_data_file
 
 # The authors' packages' values are reproduced to <= 1.7e-7 relative (float32, 1 or 2 threads; measured).
 REL = 1e-6
@@ -131,14 +132,14 @@ def test_l2pool_equals_official_class_when_installed():
 
 
 def test_heads_found_in_weights_dir_or_argument(tmp_path, monkeypatch):
-    source = B._package_data_file("lpips", "weights", "v0.1", "alex.pth")
+    source = package_data_file("lpips", "weights", "v0.1", "alex.pth")
     if source is None:
         pytest.skip("lpips==0.1.4 not installed")
     assert hashlib.sha256(source.read_bytes()).hexdigest() == B.HEADS_SHA256["lpips_alex_v0.1.pth"]
     official = B.load_lpips_heads("alex")
     (tmp_path / B.lpips_heads_filename("alex")).write_bytes(source.read_bytes())
     monkeypatch.setenv("IQA_WEIGHTS_DIR", str(tmp_path))
-    monkeypatch.setattr(B, "_package_data_file", lambda *a: None)
+    monkeypatch.setattr(weights_module, "package_data_file", lambda *a: None)
     for got in (B.load_lpips_heads("alex"),
                 B.load_lpips_heads("alex", heads=torch.load(source, map_location="cpu", weights_only=True)),
                 B.load_lpips_heads("alex", heads=source)):
@@ -147,7 +148,7 @@ def test_heads_found_in_weights_dir_or_argument(tmp_path, monkeypatch):
 
 def test_missing_heads_name_the_file_and_the_places(tmp_path, monkeypatch):
     monkeypatch.setenv("IQA_WEIGHTS_DIR", str(tmp_path))
-    monkeypatch.setattr(B, "_package_data_file", lambda *a: None)
+    monkeypatch.setattr(weights_module, "package_data_file", lambda *a: None)
     monkeypatch.setattr(B.sys, "prefix", str(tmp_path))
     with pytest.raises(WeightsNotFoundError) as err:
         B.load_lpips_heads("vgg")
