@@ -251,9 +251,6 @@ class TapExtractor(nn.Module):
 # those), so that any backbone can be combined with any comparator (iqa_core.comparators).
 # ---------------------------------------------------------------------------------------------------------------
 
-#: Packages that register backbones when imported (they depend on iqa_core, not the reverse).
-BACKBONE_PACKAGES = ("zs_iqa",)
-
 EMBEDDING = "embedding"  # tap name of a backbone's final embedding (where it has one)
 
 
@@ -351,7 +348,7 @@ class BackboneInfo:
     weights_hint: str = ""
 
 
-_BACKBONE_REGISTRY: Registry[BackboneInfo] = Registry("backbone", BACKBONE_PACKAGES)
+_BACKBONE_REGISTRY: Registry[BackboneInfo] = Registry("backbone")
 
 
 def register_backbone(name: str, factory: Callable[..., TapBackbone], description: str, top1: float | None = None,

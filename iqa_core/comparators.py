@@ -36,10 +36,6 @@ from iqa_core.registry import Registry
 __all__ = ["Comparator", "ComparatorInfo", "register_comparator", "create_comparator", "list_comparators",
            "comparator_info", "as_channel_map", "UnitL2", "LPIPSHeads", "CosineChannel", "DISTSUniform"]
 
-#: Paper packages that register comparators when imported.
-COMPARATOR_PACKAGES = ("deepssim", "distribution_measures", "zs_iqa")
-
-
 class Comparator(nn.Module):
     """Base class. ``prepare`` maps one image's taps to what ``compare`` needs (it can be computed once for a
     reference and reused); ``compare`` returns (B,) scores. Batches of one broadcast against batches of B."""
@@ -75,7 +71,7 @@ class ComparatorInfo:
     description: str
 
 
-_REGISTRY: Registry[ComparatorInfo] = Registry("comparator", COMPARATOR_PACKAGES)
+_REGISTRY: Registry[ComparatorInfo] = Registry("comparator")
 
 
 def register_comparator(name: str, description: str = "") -> Callable[[type], type]:
