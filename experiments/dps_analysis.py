@@ -15,12 +15,12 @@ Cells a comparator cannot score (LPIPS heads on a tap that has none) are listed 
 
 Data. Default mode: the bundled images (data/samples/, downscaled to ``--max-side``), each distortion type
 (``--distortions``) at levels 1..5 (iqa_core.distortions), plus the distorted image at level 1 under each
-misalignment (1-4 px translation, 1-2 degree rotation, reflect borders; iqa_core.dps.MISALIGNMENTS). Dataset
+misalignment (1-4 px translation, 1-2 degree rotation, reflect borders; dps.MISALIGNMENTS). Dataset
 mode (``--dataset NAME``): the rated pairs, and the misalignments of each (reference, distortion) sequence's
 weakest level. Backbones with a fixed input window (ViTs) see both images upscaled so that the shorter side is
 the window.
 
-Factors and merit (formulas in iqa_core/dps.py and the README): accuracy = |SRCC| with the levels (or the MOS);
+Factors and merit (formulas in the dps package and the README): accuracy = |SRCC| with the levels (or the MOS);
 robustness = 1 / (1 + median r), r = score change under misalignment / score change from level 1 to 2;
 monotonicity = fraction of sequences strictly ordered across levels; cost = ms and peak memory per 512x384 pair
 on this machine, normalised as 1 / (1 + log10(c / c_min)); merit = weighted geometric mean (``--weights``).
@@ -58,7 +58,7 @@ from tqdm import tqdm  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from iqa_core import dps  # noqa: E402
+import dps  # noqa: E402
 from iqa_core.backbones import backbone_info, create_backbone, list_backbones  # noqa: E402
 from iqa_core.cli import device_argument, run_main  # noqa: E402
 from iqa_core.comparators import comparator_info, list_comparators  # noqa: E402
@@ -92,7 +92,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--distortions", default=DEFAULT_DISTORTIONS)
     p.add_argument("--levels", default="1,2,3,4,5")
     p.add_argument("--misalignments", default=",".join(dps.MISALIGNMENTS),
-                   help="robustness perturbations of the weakest level (iqa_core.dps.MISALIGNMENTS)")
+                   help="robustness perturbations of the weakest level (dps.MISALIGNMENTS)")
     p.add_argument("--max-side", type=int, default=None, help=f"downscale images to this longer side (default "
                    f"{DEFAULT_MAX_SIDE} for the bundled images, native size for a dataset)")
     p.add_argument("--seed", type=int, default=0)
@@ -379,7 +379,7 @@ def pairs_frame(source: Any) -> pd.DataFrame:
 
 def grid_table(scores: pd.DataFrame, pairs: pd.DataFrame, costs: pd.DataFrame, source: Any,
                tap_order: dict[str, list[str]]) -> pd.DataFrame:
-    """One row per cell: the factors (iqa_core.dps.cell_factors) and the cost."""
+    """One row per cell: the factors (dps.cell_factors) and the cost."""
     data = scores.merge(pairs, on="pair")
     rows = []
     for (backbone, tap, comp), part in data.groupby(["backbone", "tap", "comparator"], sort=False):

@@ -16,7 +16,8 @@ import torch
 from conftest import hermetic_env
 from scipy import ndimage
 
-from iqa_core import create_metric, dps
+import dps
+from iqa_core import create_metric
 from iqa_core.backbones import create_backbone
 from iqa_core.deep_features import DeepFeatureMetric, TapGrid
 from iqa_core.distortions import distort
@@ -234,10 +235,10 @@ def test_cell_costs_and_peak_memory(monkeypatch):
     assert (costs.peak_mib.isna() | (costs.peak_mib >= 0)).all()
     assert dps.time_ms(lambda: None, repeats=2) >= 0
     # the peak is the high-water mark after the call minus the resident size before it, in MiB
-    monkeypatch.setattr(dps, "_reset_peak_rss", lambda: 100 * 1024)
-    monkeypatch.setattr(dps, "_status_kib", lambda field: {"VmHWM": 164 * 1024}[field])
+    monkeypatch.setattr(dps.cost, "_reset_peak_rss", lambda: 100 * 1024)
+    monkeypatch.setattr(dps.cost, "_status_kib", lambda field: {"VmHWM": 164 * 1024}[field])
     assert dps.peak_memory_mib(lambda: None) == 64.0
-    monkeypatch.setattr(dps, "_reset_peak_rss", lambda: (_ for _ in ()).throw(OSError("no /proc")))
+    monkeypatch.setattr(dps.cost, "_reset_peak_rss", lambda: (_ for _ in ()).throw(OSError("no /proc")))
     assert math.isnan(dps.peak_memory_mib(lambda: None))
 
 
