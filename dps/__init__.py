@@ -10,7 +10,7 @@ The factors and the merit (:mod:`dps.factors`), the outlier measures (:mod:`dps.
 from dps.cost import COST_SIZE, cell_costs, peak_memory_mib, synthetic_pair, time_ms
 from dps.factors import (
     ALIGNED,
-    DEFAULT_WEIGHTS,
+    DEFAULT_FACTOR_WEIGHTS,
     FACTORS,
     MISALIGNMENTS,
     accuracy,
@@ -19,7 +19,7 @@ from dps.factors import (
     misalign,
     monotonicity,
     normalised_cost,
-    parse_weights,
+    parse_factor_weights,
     rank_cells,
     robustness,
     robustness_ratios,
@@ -35,8 +35,8 @@ from dps.outliers import (
     rank_disagreement,
 )
 
-__all__ = ["FACTORS", "DEFAULT_WEIGHTS", "HF_CUTOFF", "BAND_EDGES", "ALIGNED", "MISALIGNMENTS", "misalign",
+__all__ = ["FACTORS", "DEFAULT_FACTOR_WEIGHTS", "HF_CUTOFF", "BAND_EDGES", "ALIGNED", "MISALIGNMENTS", "misalign",
            "accuracy", "monotonicity", "robustness_ratios", "robustness", "normalised_cost", "merit",
-           "parse_weights", "cell_factors", "rank_cells", "luminance", "power_spectrum", "band_energy_shares",
+           "parse_factor_weights", "cell_factors", "rank_cells", "luminance", "power_spectrum", "band_energy_shares",
            "hf_energy_share", "rank_disagreement", "logistic_disagreement",
            "synthetic_pair", "time_ms", "peak_memory_mib", "cell_costs", "COST_SIZE"]

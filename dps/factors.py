@@ -16,7 +16,7 @@ Pure functions of scores (no files); n pairs, s = score, l = distortion level, q
   comparator) and the peak memory, measured on the machine (:func:`dps.cost.cell_costs`); normalised across the cells
   as c_norm = 1 / (1 + log10(c / c_min)): 1 for the cheapest cell, 1/2 at 10x its cost, 1/3 at 100x.
 * **merit** = the weighted geometric mean exp(sum_i w_i log f_i / sum_i w_i) of the factors f_i in [0, 1]
-  (accuracy, robustness, monotonicity, c_norm), default weights :data:`DEFAULT_WEIGHTS`
+  (accuracy, robustness, monotonicity, c_norm), default weights :data:`DEFAULT_FACTOR_WEIGHTS`
   (0.4, 0.2, 0.2, 0.2). Equal factors give that value; any factor 0 with a positive weight gives 0. A factor
   that is undefined (NaN: e.g. no levels in a dataset) is left out and the other weights renormalised.
 """
@@ -35,13 +35,13 @@ import torch
 from iqa_core.stats import direction_sign, spearman
 from iqa_core.transforms import rotate, translate_pixels
 
-__all__ = ["FACTORS", "DEFAULT_WEIGHTS", "ALIGNED", "MISALIGNMENTS", "misalign", "accuracy", "monotonicity",
-           "robustness_ratios", "robustness", "normalised_cost", "merit", "parse_weights", "cell_factors",
+__all__ = ["FACTORS", "DEFAULT_FACTOR_WEIGHTS", "ALIGNED", "MISALIGNMENTS", "misalign", "accuracy", "monotonicity",
+           "robustness_ratios", "robustness", "normalised_cost", "merit", "parse_factor_weights", "cell_factors",
            "rank_cells"]
 
 FACTORS = ("accuracy", "robustness", "monotonicity", "cost")
 #: Default weights of the figure of merit (normalised to sum 1): accuracy counts twice as much as each other factor.
-DEFAULT_WEIGHTS: dict[str, float] = {"accuracy": 0.4, "robustness": 0.2, "monotonicity": 0.2, "cost": 0.2}
+DEFAULT_FACTOR_WEIGHTS: dict[str, float] = {"accuracy": 0.4, "robustness": 0.2, "monotonicity": 0.2, "cost": 0.2}
 #: Name of the aligned (not misaligned) pair.
 ALIGNED = "none"
 #: Misalignments of the robustness factor: name -> (kind, amount); translation in whole pixels (content moves
@@ -120,11 +120,12 @@ def normalised_cost(cost_ms: Any) -> np.ndarray:
         return 1.0 / (1.0 + np.log10(np.maximum(c, finite.min()) / finite.min()))
 
 
-def merit(factors: Mapping[str, Any], weights: Mapping[str, float] | None = None) -> np.ndarray | float:
+def merit(factors: Mapping[str, Any], factor_weights: Mapping[str, float] | None = None) -> np.ndarray | float:
     """Weighted geometric mean exp(sum w_i log f_i / sum w_i) of the factors (scalars or arrays, clipped to
-    [0, 1]), over the factors with a positive weight; a NaN factor is left out (its weight dropped) for that
-    cell. ``factors`` maps the names of :data:`FACTORS` (``cost`` already normalised) to values."""
-    weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
+    [0, 1]), w = ``factor_weights`` (default :data:`DEFAULT_FACTOR_WEIGHTS`), over the factors with a positive
+    weight; a NaN factor is left out (its weight dropped) for that cell. ``factors`` maps the names of
+    :data:`FACTORS` (``cost`` already normalised) to values."""
+    weights = dict(DEFAULT_FACTOR_WEIGHTS if factor_weights is None else factor_weights)
     used = [k for k, w in weights.items() if w > 0]
     missing = [k for k in used if k not in factors]
     if missing:
@@ -143,26 +144,26 @@ def merit(factors: Mapping[str, Any], weights: Mapping[str, float] | None = None
     return float(out) if out.ndim == 0 else out
 
 
-def parse_weights(text: str | None, defaults: Mapping[str, float] | None = None) -> dict[str, float]:
+def parse_factor_weights(text: str | None, defaults: Mapping[str, float] | None = None) -> dict[str, float]:
     """``"accuracy=0.5,cost=0"`` -> the weights of every factor: the named ones as given, the others at
-    ``defaults`` (:data:`DEFAULT_WEIGHTS`). Weights are non-negative and are not required to sum to 1 (the merit
+    ``defaults`` (:data:`DEFAULT_FACTOR_WEIGHTS`). Weights are non-negative and are not required to sum to 1 (the merit
     divides by their sum). Raises ValueError for an unknown factor, a malformed item, a negative weight or an
     all-zero result."""
-    out = dict(DEFAULT_WEIGHTS if defaults is None else defaults)
+    out = dict(DEFAULT_FACTOR_WEIGHTS if defaults is None else defaults)
     for item in (text or "").split(","):
         if not item.strip():
             continue
         match = re.fullmatch(r"\s*([a-z_]+)\s*=\s*([-+0-9.eE]+)\s*", item)
         if not match:
-            raise ValueError(f"weights: expected name=value items, got {item!r}")
+            raise ValueError(f"factor weights: expected name=value items, got {item!r}")
         name, value = match.group(1), float(match.group(2))
         if name not in FACTORS:
-            raise ValueError(f"weights: unknown factor {name!r}; factors are {', '.join(FACTORS)}")
+            raise ValueError(f"factor weights: unknown factor {name!r}; factors are {', '.join(FACTORS)}")
         if not (value >= 0 and math.isfinite(value)):
-            raise ValueError(f"weights: {name} must be a finite non-negative number, got {value}")
+            raise ValueError(f"factor weights: {name} must be a finite non-negative number, got {value}")
         out[name] = value
     if sum(out.values()) <= 0:
-        raise ValueError("weights: at least one factor needs a positive weight")
+        raise ValueError("factor weights: at least one factor needs a positive weight")
     return out
 
 
@@ -207,13 +208,13 @@ def cell_factors(scores: pd.DataFrame, higher_is_better: bool, target: str = "le
             "n_sequences": len(sequences), "n_misaligned": int(r.size)}
 
 
-def rank_cells(grid: pd.DataFrame, weights: Mapping[str, float] | None = None) -> pd.DataFrame:
+def rank_cells(grid: pd.DataFrame, factor_weights: Mapping[str, float] | None = None) -> pd.DataFrame:
     """``grid`` (columns accuracy, robustness, monotonicity, cost_ms) with ``cost_score`` (normalised cost),
     ``merit`` and ``rank`` added, sorted by merit (ties: higher accuracy, then lower cost first)."""
     out = grid.copy()
     out["cost_score"] = normalised_cost(out["cost_ms"].to_numpy(dtype=np.float64))
     factors = {k: out["cost_score" if k == "cost" else k].to_numpy(dtype=np.float64) for k in FACTORS}
-    out["merit"] = np.atleast_1d(merit(factors, weights)) if len(out) else []
+    out["merit"] = np.atleast_1d(merit(factors, factor_weights)) if len(out) else []
     out = out.sort_values(["merit", "accuracy", "cost_ms"], ascending=[False, False, True], na_position="last",
                           kind="mergesort").reset_index(drop=True)
     out["rank"] = np.arange(1, len(out) + 1)

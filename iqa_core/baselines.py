@@ -54,7 +54,8 @@ __all__ = [
     "psnr", "ssim", "ms_ssim", "to_luminance", "matlab_box_downsample", "gaussian_window", "ssim_downsample_factor",
     "load_lpips_heads", "load_dists_alpha_beta", "unit_normalize", "dists_terms",
     "HEADS_SHA256", "lpips_heads_filename", "DISTS_FILENAME",
-    "COLOR_MODES", "MS_SSIM_WEIGHTS", "LPIPS_SHIFT", "LPIPS_SCALE", "LPIPS_TAPS", "DISTS_TAPS", "DISTS_CHANNELS",
+    "COLOR_MODES", "MS_SSIM_EXPONENTS", "MS_SSIM_WEIGHTS", "LPIPS_SHIFT", "LPIPS_SCALE", "LPIPS_TAPS", "DISTS_TAPS",
+    "DISTS_CHANNELS",
 ]
 
 PAPER_SSIM = ("Z. Wang, A. C. Bovik, H. R. Sheikh, E. P. Simoncelli, Image Quality Assessment: From Error "
@@ -161,7 +162,8 @@ K1, K2 = 0.01, 0.03  # Wang et al. 2004, section III-C; data range L = 1 here
 WINDOW_SIZE, WINDOW_SIGMA = 11, 1.5  # circular-symmetric Gaussian window, same section
 #: MS-SSIM exponents beta_1..beta_5 (= gamma_j; alpha_M = beta_M), Wang et al. 2003, section 3.2;
 #: the ``weight`` vector of the official msssim.m.
-MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+MS_SSIM_EXPONENTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+MS_SSIM_WEIGHTS = MS_SSIM_EXPONENTS  # the former name, kept for existing imports
 
 
 def gaussian_window(size: int = WINDOW_SIZE, sigma: float = WINDOW_SIGMA, dtype: torch.dtype = torch.float32,
@@ -249,22 +251,23 @@ def ssim(dist: torch.Tensor, ref: torch.Tensor, color: str = "y", downsample: bo
 
 
 def ms_ssim(dist: torch.Tensor, ref: torch.Tensor, color: str = "y",
-            weights: Sequence[float] = MS_SSIM_WEIGHTS) -> torch.Tensor:
+            exponents: Sequence[float] = MS_SSIM_EXPONENTS) -> torch.Tensor:
     """Per-image MS-SSIM (Wang et al. 2003) as the official ``msssim.m``: at scales 1..M the SSIM
     statistics with the ssim window and constants; between scales :func:`matlab_box_downsample` by 2;
-    result prod_{j<M} cs_j^w_j * ssim_M^w_M ('product' method), no initial ssim.m downsampling.
+    result prod_{j<M} cs_j^w_j * ssim_M^w_M ('product' method) with the per-scale ``exponents`` w (M of them),
+    no initial ssim.m downsampling.
 
     Deviation: cs_j and ssim_M are clamped at 0 before the powers (msssim.m would produce complex numbers
     for negative values; piq clamps the same way). With ``color="rgb"`` each channel's MS-SSIM is computed
     and the three are averaged (piq's convention)."""
     x, y = to_luminance(dist, color), to_luminance(ref, color)
-    levels = len(weights)
+    levels = len(exponents)
     need = (WINDOW_SIZE - 1) * 2 ** (levels - 1) + 1
     if min(x.shape[-2:]) < need:
         raise IQAInputError(f"MS-SSIM with {levels} scales needs at least {need}x{need} pixels, got "
                             f"{tuple(x.shape[-2:])}")
     g = gaussian_window(dtype=x.dtype, device=x.device)
-    w = torch.tensor(weights, dtype=x.dtype, device=x.device)
+    w = torch.tensor(exponents, dtype=x.dtype, device=x.device)
     result = None
     for level in range(levels):
         if level > 0:
@@ -307,7 +310,7 @@ class MSSSIM(_NoBackbone):
     name = "ms-ssim"
     higher_is_better = True
     paper = PAPER_MS_SSIM
-    min_size = (WINDOW_SIZE - 1) * 2 ** (len(MS_SSIM_WEIGHTS) - 1) + 1
+    min_size = (WINDOW_SIZE - 1) * 2 ** (len(MS_SSIM_EXPONENTS) - 1) + 1
 
     def __init__(self, color: str = "y", weights: WeightsSource = None, dtype: torch.dtype | None = None) -> None:
         super().__init__(color, weights, dtype)

@@ -1,4 +1,4 @@
-"""Geometric perturbations for robustness experiments (SPEC section 7 and 5.3).
+"""Geometric perturbations for the robustness experiments (GDR-IQA in experiments/gdr_robustness.py, ZS-IQA).
 
 Two families live here.
 

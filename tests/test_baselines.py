@@ -184,6 +184,10 @@ def test_pixel_metrics_match_piq_live(tid_pair):
             assert torch.allclose(ours, theirs, rtol=PIQ_REL, atol=0)
         theirs = piq.multi_scale_ssim(yd, yr, data_range=1.0, reduction="none")
         assert torch.allclose(B.ms_ssim(dist, ref, color), theirs, rtol=PIQ_REL, atol=0)
+    exponents = (0.2, 0.3, 0.5)  # fewer scales, other exponents: the same as piq's scale_weights
+    theirs = piq.multi_scale_ssim(yd, yr, data_range=1.0, reduction="none", scale_weights=torch.tensor(exponents))
+    assert torch.allclose(B.ms_ssim(dist, ref, color, exponents=exponents), theirs, rtol=PIQ_REL, atol=0)
+    assert B.MS_SSIM_WEIGHTS is B.MS_SSIM_EXPONENTS  # the former name still imports
 
 
 def test_ssim_rgb_agrees_with_matlab_value_recorded_by_piq(tid_pair):
