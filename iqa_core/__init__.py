@@ -10,5 +10,6 @@ from iqa_core.weights import InvalidWeightsError, WeightsNotFoundError, resolve_
 
 __all__ = ["load_image", "load_map", "ImageReadError", "IQAInputError", "Metric", "FeatureMetric",
            "create_metric", "list_metrics", "metric_info", "register_metric", "resolve_weights",
-           "WeightsNotFoundError", "InvalidWeightsError", "DeviceError", "load_dataset", "list_datasets", "DatasetNotFoundError", "correlations"]
+           "WeightsNotFoundError", "InvalidWeightsError", "DeviceError", "load_dataset", "list_datasets",
+           "DatasetNotFoundError", "correlations"]
 __version__ = "0.1.0"

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from deepssim import DeepSSIM, DeepSSIMLite, gram_block_similarity, gram_matrix
+from deepssim import DeepSSIMLite, gram_block_similarity, gram_matrix
 from iqa_core import IQAInputError, create_metric, load_image, load_map
 from iqa_core.cli import main as cli_main
 from iqa_core.weights import find_weights_file

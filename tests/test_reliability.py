@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 
 from iqa_core import IQAInputError, create_metric, list_metrics
-from iqa_core.cli import main as cli_main
 from iqa_core.weights import InvalidWeightsError, WeightsNotFoundError, random_features, resolve_weights
 
 ROOT = Path(__file__).resolve().parents[1]
