@@ -6,7 +6,7 @@ high-frequency content.
     python experiments/dps_analysis.py --quick          # one backbone, 3 taps, 2 comparators, 2 images (tests)
     python experiments/dps_analysis.py --backbones vgg16,vgg19 --comparators all --device cuda
     python experiments/dps_analysis.py --dataset TID2013 --limit 600 --max-side 256   # accuracy against MOS
-    python experiments/dps_analysis.py --weights accuracy=0.55,robustness=0.15,monotonicity=0.15,cost=0.15
+    python experiments/dps_analysis.py --factor-weights accuracy=0.55,robustness=0.15,monotonicity=0.15,cost=0.15
 
 Cells: every registered backbone whose weights resolve (the others are listed as skipped, with the reason) x each
 of its taps (``--taps``) x each comparator (``--comparators``; default unit-l2, lpips, cos-channel, gram-ssim,
@@ -15,15 +15,15 @@ Cells a comparator cannot score (LPIPS heads on a tap that has none) are listed 
 
 Data. Default mode: the bundled images (data/samples/, downscaled to ``--max-side``), each distortion type
 (``--distortions``) at levels 1..5 (iqa_core.distortions), plus the distorted image at level 1 under each
-misalignment (1-4 px translation, 1-2 degree rotation, reflect borders; iqa_core.dps.MISALIGNMENTS). Dataset
+misalignment (1-4 px translation, 1-2 degree rotation, reflect borders; dps.MISALIGNMENTS). Dataset
 mode (``--dataset NAME``): the rated pairs, and the misalignments of each (reference, distortion) sequence's
 weakest level. Backbones with a fixed input window (ViTs) see both images upscaled so that the shorter side is
 the window.
 
-Factors and merit (formulas in iqa_core/dps.py and the README): accuracy = |SRCC| with the levels (or the MOS);
+Factors and merit (formulas in the dps package and the README): accuracy = |SRCC| with the levels (or the MOS);
 robustness = 1 / (1 + median r), r = score change under misalignment / score change from level 1 to 2;
 monotonicity = fraction of sequences strictly ordered across levels; cost = ms and peak memory per 512x384 pair
-on this machine, normalised as 1 / (1 + log10(c / c_min)); merit = weighted geometric mean (``--weights``).
+on this machine, normalised as 1 / (1 + log10(c / c_min)); merit = weighted geometric mean (``--factor-weights``).
 
 Outputs in results/dps_analysis/: grid.csv, ranking.{csv,md,tex}, heatmap_<backbone>.png (+ .csv),
 top1_vs_accuracy.png (+ .csv), outliers.png, outliers.csv, hf_energy.csv, hf_disagreement.png (+
@@ -58,9 +58,9 @@ from tqdm import tqdm  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from iqa_core import dps  # noqa: E402
+import dps  # noqa: E402
 from iqa_core.backbones import backbone_info, create_backbone, list_backbones  # noqa: E402
-from iqa_core.cli import device_argument, run_main  # noqa: E402
+from iqa_core.cli import RenamedOption, device_argument, run_main, warn_renamed_options  # noqa: E402
 from iqa_core.comparators import comparator_info, list_comparators  # noqa: E402
 from iqa_core.deep_features import TapGrid  # noqa: E402
 from iqa_core.distortions import distort  # noqa: E402
@@ -92,15 +92,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--distortions", default=DEFAULT_DISTORTIONS)
     p.add_argument("--levels", default="1,2,3,4,5")
     p.add_argument("--misalignments", default=",".join(dps.MISALIGNMENTS),
-                   help="robustness perturbations of the weakest level (iqa_core.dps.MISALIGNMENTS)")
+                   help="robustness perturbations of the weakest level (dps.MISALIGNMENTS)")
     p.add_argument("--max-side", type=int, default=None, help=f"downscale images to this longer side (default "
                    f"{DEFAULT_MAX_SIDE} for the bundled images, native size for a dataset)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dataset", help="rated dataset name (iqa_core.load_dataset): accuracy against its MOS")
     p.add_argument("--root", help="dataset root")
     p.add_argument("--limit", type=int, help="dataset mode: first N records")
-    p.add_argument("--weights", default="", help="merit weights, e.g. accuracy=0.4,robustness=0.2,monotonicity=0.2,"
-                   "cost=0.2 (the defaults; unnamed factors keep theirs)")
+    p.add_argument("--factor-weights", default="", help="weights of the factors in the merit, e.g. accuracy=0.4,"
+                   "robustness=0.2,monotonicity=0.2,cost=0.2 (the defaults; unnamed factors keep theirs)")
+    p.add_argument("--weights", dest="factor_weights", action=RenamedOption, new_name="--factor-weights")
     p.add_argument("--batch", type=int, default=12, help="distorted images per backbone pass")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per cell (after one warm-up)")
     p.add_argument("--best", type=int, default=3, help="cells (by merit) in the outlier study")
@@ -113,13 +114,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="backbone alexnet, taps relu1,relu3,relu5, comparators "
                    "unit-l2,gram-ssim, 2 images, 2 distortions, 128 px")
     args = p.parse_args(argv)
+    warn_renamed_options(args)
     if args.quick:  # the quick form, where the command line kept the defaults
         for name, value in QUICK.items():
             if getattr(args, name) == p.get_default(name):
                 setattr(args, name, value)
     if args.max_side is None and not args.dataset:
         args.max_side = DEFAULT_MAX_SIDE
-    args.weight_map = dps.parse_weights(args.weights)
+    args.factor_weight_map = dps.parse_factor_weights(args.factor_weights)
     return args
 
 
@@ -379,7 +381,7 @@ def pairs_frame(source: Any) -> pd.DataFrame:
 
 def grid_table(scores: pd.DataFrame, pairs: pd.DataFrame, costs: pd.DataFrame, source: Any,
                tap_order: dict[str, list[str]]) -> pd.DataFrame:
-    """One row per cell: the factors (iqa_core.dps.cell_factors) and the cost."""
+    """One row per cell: the factors (dps.cell_factors) and the cost."""
     data = scores.merge(pairs, on="pair")
     rows = []
     for (backbone, tap, comp), part in data.groupby(["backbone", "tap", "comparator"], sort=False):
@@ -408,11 +410,11 @@ RANK_COLUMNS = ["rank", "backbone", "tap", "comparator", "merit", "accuracy", "r
                 "cost_ms", "peak_mib"]
 
 
-def write_ranking(ranking: pd.DataFrame, out: Path, weights: dict[str, float]) -> None:
+def write_ranking(ranking: pd.DataFrame, out: Path, factor_weights: dict[str, float]) -> None:
     shown = ranking[RANK_COLUMNS]
     shown.to_csv(out / "ranking.csv", index=False, float_format="%.6f")
-    w = ", ".join(f"{k} {v:g}" for k, v in weights.items())
-    (out / "ranking.md").write_text(f"# DPS cells ranked by merit (weights: {w})\n\n{_markdown(shown)}\n")
+    w = ", ".join(f"{k} {v:g}" for k, v in factor_weights.items())
+    (out / "ranking.md").write_text(f"# DPS cells ranked by merit (factor weights: {w})\n\n{_markdown(shown)}\n")
     (out / "ranking.tex").write_text(shown.to_latex(index=False, float_format="%.3f"))
 
 
@@ -639,8 +641,8 @@ def summary_lines(ranking: pd.DataFrame, top1: dict[str, Any], outliers: dict[st
              f"took {elapsed / 60:.1f} min wall, {time.process_time() / 60:.1f} min process CPU time (cached pairs "
              f"are not rescored); load average {_load()} at the end (costs are wall times, inflated when other jobs "
              "share the machine).", "",
-             "Merit = weighted geometric mean of accuracy, robustness, monotonicity and normalised cost (weights "
-             + ", ".join(f"{k} {v:g}" for k, v in args.weight_map.items()) + ").", ""]
+             "Merit = weighted geometric mean of accuracy, robustness, monotonicity and normalised cost (factor "
+             "weights " + ", ".join(f"{k} {v:g}" for k, v in args.factor_weight_map.items()) + ").", ""]
     skipped_bb = skipped[skipped.kind == "backbone"]
     ran = list(dict.fromkeys(ranking.backbone))
     lines += [f"Backbones scored: {', '.join(ran)} ({len(ranking)} cells)."]
@@ -779,11 +781,11 @@ def main(argv: list[str] | None = None) -> int:
                       dtype=bool)
     scores = scores[in_run & scores.pair.isin(set(pairs.pair)).to_numpy()]
     grid = grid_table(scores, pairs, costs, source, tap_order)
-    ranking = dps.rank_cells(grid, args.weight_map)
+    ranking = dps.rank_cells(grid, args.factor_weight_map)
     grid = grid.merge(ranking[["backbone", "tap", "comparator", "merit", "cost_score"]],
                       on=["backbone", "tap", "comparator"])
     grid[GRID_COLUMNS].to_csv(out / "grid.csv", index=False, float_format="%.6f")
-    write_ranking(ranking, out, args.weight_map)
+    write_ranking(ranking, out, args.factor_weight_map)
     plot_heatmaps(grid, out, tap_order)
     top1 = top1_study(grid, tap_order, out, args)
     outliers = outlier_study(ranking, scores, pairs, source, out, args)

@@ -2,8 +2,8 @@
 
     python experiments/fm_layer_study.py                    # bundled images, VGG16 + AlexNet here: ~8 min, 2-core CPU
     python experiments/fm_layer_study.py --quick            # AlexNet, 3 taps, 2 distances, 12 pairs (tests)
-    python experiments/fm_layer_study.py --backbones dinov1,vgg16 --weights dinov1=dino_vitbase16_pretrain.pth
-    python experiments/fm_layer_study.py --backbones clip-vitb32 --weights clip-vitb32=random  # plumbing/timing only
+    python experiments/fm_layer_study.py --backbones dinov1,vgg16 --checkpoints dinov1=dino_vitbase16_pretrain.pth
+    python experiments/fm_layer_study.py --backbones clip-vitb32 --checkpoints clip-vitb32=random  # plumbing, timing
     python experiments/fm_layer_study.py --dataset KADID-10k --limit 2000    # SRCC against MOS instead
 
 For every backbone (default: the ZS-IQA foundation backbones that are registered, then VGG16 and AlexNet), every
@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from iqa_core.backbones import TapBackbone, create_backbone, list_backbones  # noqa: E402
-from iqa_core.cli import device_argument, run_main  # noqa: E402
+from iqa_core.cli import RenamedOption, device_argument, run_main, warn_renamed_options  # noqa: E402
 from iqa_core.deep_features import TapGrid  # noqa: E402
 from iqa_core.distortions import distort  # noqa: E402
 from iqa_core.io import load_image  # noqa: E402
@@ -107,8 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--taps", help="comma-separated tap names (default: every intermediate tap); each backbone uses "
                    "the listed taps it has")
     p.add_argument("--distances", default=",".join(DISTANCES), help="comma-separated comparators")
-    p.add_argument("--weights", default="", help="BACKBONE=PATH[,BACKBONE=PATH]: checkpoints (default: resolved "
-                   "as usual, $IQA_WEIGHTS_DIR first)")
+    p.add_argument("--checkpoints", default="", help="BACKBONE=PATH[,BACKBONE=PATH]: a checkpoint per backbone "
+                   "(default: resolved as usual, $IQA_WEIGHTS_DIR first)")
+    p.add_argument("--weights", dest="checkpoints", action=RenamedOption, new_name="--checkpoints")
     p.add_argument("--images", type=int, default=4, help="how many bundled images (sorted by name)")
     p.add_argument("--distortions", default=DEFAULT_DISTORTIONS)
     p.add_argument("--levels", default="1,2,3,4,5")
@@ -128,6 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "interrupted (a rerun resumes); splits a long run over several sessions")
     p.add_argument("--quick", action="store_true", help="; ".join(f"{k} {v}" for k, v in QUICK.items()))
     args = p.parse_args(argv)
+    warn_renamed_options(args)
     if args.quick:  # the quick sweep, where the command line kept the defaults
         for name, value in QUICK.items():
             if getattr(args, name) == p.get_default(name):
@@ -151,14 +153,15 @@ def default_backbones() -> tuple[list[str], dict[str, str]]:
     return names, skipped
 
 
-def parse_weights(text: str) -> dict[str, str]:
-    weights = {}
+def parse_checkpoints(text: str) -> dict[str, str]:
+    """``"dinov1=a.pth,vgg16=b.pth"`` -> the checkpoint file of each named backbone."""
+    checkpoints = {}
     for item in _names(text):
         name, sep, path = item.partition("=")
         if not sep or not path:
-            raise ValueError(f"--weights expects BACKBONE=PATH[,BACKBONE=PATH], got {item!r}")
-        weights[name.strip()] = path.strip()
-    return weights
+            raise ValueError(f"--checkpoints expects BACKBONE=PATH[,BACKBONE=PATH], got {item!r}")
+        checkpoints[name.strip()] = path.strip()
+    return checkpoints
 
 
 def build_backbone(name: str, weights: str | None, device: str) -> tuple[TapBackbone | None, str]:
@@ -514,11 +517,11 @@ def backbone_names(spec: str) -> tuple[list[str], dict[str, str]]:
 
 def run_backbones(args: argparse.Namespace, names: list[str], skipped: dict[str, str], pairs: list[Pair],
                   source: ImageSource, cache: ResumableCSV) -> list[BackboneRun]:
-    weights = parse_weights(args.weights)
+    checkpoints = parse_checkpoints(args.checkpoints)
     distances, wanted_taps = _names(args.distances), _names(args.taps)
     runs = []
     for name in names:
-        backbone, reason = build_backbone(name, weights.get(name), args.device)
+        backbone, reason = build_backbone(name, checkpoints.get(name), args.device)
         if backbone is None:
             print(f"skipped {name}: {reason}")
             skipped[name] = reason

@@ -46,8 +46,9 @@ from tqdm import tqdm  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from iqa_core import FeatureMetric, IQAInputError, list_metrics, load_image  # noqa: E402
+from iqa_core import FeatureMetric, IQAInputError, Metric, list_metrics, load_image  # noqa: E402
 from iqa_core.cli import device_argument, run_main  # noqa: E402
+from iqa_core.datasets import Dataset, load_dataset  # noqa: E402
 from iqa_core.distortions import distort  # noqa: E402
 from iqa_core.metric import create_available_metrics  # noqa: E402
 from iqa_core.resumable_csv import ResumableCSV, StopRequested  # noqa: E402
@@ -98,7 +99,7 @@ def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
-def build_metrics(spec: str, device: str) -> dict:
+def build_metrics(spec: str, device: str) -> dict[str, Metric]:
     names = {"default": DEFAULT_METRICS, "all": list_metrics()}.get(spec) or [n.strip() for n in spec.split(",")]
     metrics, skipped = create_available_metrics(names, device)
     for name, reason in skipped.items():
@@ -108,7 +109,7 @@ def build_metrics(spec: str, device: str) -> dict:
     return metrics
 
 
-def sweep(args: argparse.Namespace) -> list[tuple[str, str, int, str, float]]:
+def sweep(args: argparse.Namespace) -> list[tuple[str, float]]:
     """(transform, severity) pairs to score; severity 0 once, as transform 'none'."""
     severities = [float(s) for s in args.severities.split(",") if s.strip() and float(s) != 0]
     return [(NONE, 0.0)] + [(t, s) for t in args.transforms.split(",") for s in severities]
@@ -138,7 +139,7 @@ class ScoreCache(ResumableCSV):
         super().add([*self._normalised(values), repr(score)])
 
 
-def score_group(metric, ref: torch.Tensor, batch: torch.Tensor, ref_cache: dict, image: str) -> list[float]:
+def score_group(metric: Metric, ref: torch.Tensor, batch: torch.Tensor, ref_cache: dict, image: str) -> list[float]:
     with torch.no_grad():
         if isinstance(metric, FeatureMetric):
             if image not in ref_cache:
@@ -148,7 +149,7 @@ def score_group(metric, ref: torch.Tensor, batch: torch.Tensor, ref_cache: dict,
         return metric(batch, ref).tolist()
 
 
-def run_samples(args: argparse.Namespace, metrics: dict, cache: ScoreCache) -> None:
+def run_samples(args: argparse.Namespace, metrics: dict[str, Metric], cache: ScoreCache) -> None:
     images = dict(list(load_samples(max_side=args.max_side).items())[: args.images])
     distortions = args.distortions.split(",")
     levels = [0, *_ints(args.levels)]
@@ -172,8 +173,9 @@ def run_samples(args: argparse.Namespace, metrics: dict, cache: ScoreCache) -> N
             cache.flush()
 
 
-def run_dataset(args: argparse.Namespace, metrics: dict, cache: ScoreCache) -> pd.DataFrame:
-    from iqa_core.datasets import load_dataset
+def run_dataset(args: argparse.Namespace, metrics: dict[str, Metric],
+                cache: ScoreCache) -> tuple[pd.DataFrame, Dataset]:
+    """Score the dataset's pairs under every (transform, severity); returns (image, mos) per pair and the dataset."""
 
     dataset = load_dataset(args.dataset, root=args.root)
     records = list(dataset)[: args.limit] if args.limit else list(dataset)

@@ -22,7 +22,7 @@ Training losses: l1, mse, and the ``loss()`` of registered metrics (ssim, ms-ssi
 deepssim-lite, ...); ``a+b`` sums two per-image losses with weight 1 each (deepssim-lite+l1). SSIM and MS-SSIM are
 trained on the three RGB channels (``color="rgb"``; the registered default, luma only, would leave the colour
 unconstrained) and evaluated with their registered defaults. MS-SSIM needs 161-pixel patches for its five scales;
-on smaller patches (--quick) it keeps the scales that fit, weights renormalised, and says so. Network outputs are
+on smaller patches (--quick) it keeps the scales that fit, exponents renormalised, and says so. Network outputs are
 clamped to [0, 1], which the metrics' range check requires; the gradient is zero where the clamp acts (a
 straight-through clamp, tried first, let the SSIM- and DeepSSIM-Lite-trained denoisers drift into saturation). A loss
 that cannot be built (missing weights), has no loss form, is not differentiable or cannot run on the patches is
@@ -71,8 +71,15 @@ from tqdm import tqdm  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from iqa_core import IQAInputError, WeightsNotFoundError, create_metric, list_metrics, load_image  # noqa: E402
-from iqa_core.baselines import MS_SSIM_WEIGHTS, WINDOW_SIZE, ms_ssim  # noqa: E402
+from iqa_core import (  # noqa: E402
+    IQAInputError,
+    WeightsNotFoundError,
+    create_metric,
+    list_metrics,
+    load_image,
+    metric_info,
+)
+from iqa_core.baselines import MS_SSIM_EXPONENTS, WINDOW_SIZE, ms_ssim  # noqa: E402
 from iqa_core.cli import device_argument, run_main  # noqa: E402
 from iqa_core.metric import Metric, create_available_metrics  # noqa: E402
 from iqa_core.resumable_csv import ResumableCSV  # noqa: E402
@@ -339,7 +346,7 @@ class Skipped(Exception):
 def metric_loss(name: str, patch: int, device: torch.device) -> LossFn:
     """The per-image ``loss()`` of a registered metric (SSIM / MS-SSIM on RGB, see the module docstring)."""
     try:
-        if name == "ms-ssim" and patch < (WINDOW_SIZE - 1) * 2 ** (len(MS_SSIM_WEIGHTS) - 1) + 1:
+        if name == "ms-ssim" and patch < (WINDOW_SIZE - 1) * 2 ** (len(MS_SSIM_EXPONENTS) - 1) + 1:
             return ms_ssim_fallback(patch)
         metric = create_metric(name, **({"color": "rgb"} if name in ("ssim", "ms-ssim") else {}))
     except WeightsNotFoundError as err:
@@ -349,12 +356,12 @@ def metric_loss(name: str, patch: int, device: torch.device) -> LossFn:
 
 
 def ms_ssim_fallback(patch: int) -> LossFn:
-    """1 - MS-SSIM with the scales that fit in ``patch`` pixels (weights renormalised to sum 1)."""
-    levels = max(k for k in range(1, len(MS_SSIM_WEIGHTS) + 1) if (WINDOW_SIZE - 1) * 2 ** (k - 1) + 1 <= patch)
-    weights = MS_SSIM_WEIGHTS[:levels]
-    weights = tuple(w / sum(weights) for w in weights)
+    """1 - MS-SSIM with the scales that fit in ``patch`` pixels (their exponents renormalised to sum 1)."""
+    levels = max(k for k in range(1, len(MS_SSIM_EXPONENTS) + 1) if (WINDOW_SIZE - 1) * 2 ** (k - 1) + 1 <= patch)
+    kept = MS_SSIM_EXPONENTS[:levels]
+    exponents = tuple(e / sum(kept) for e in kept)
     print(f"note: ms-ssim on {patch}-px patches uses {levels} of 5 scales (161 px are needed for all five)")
-    return lambda x, y: 1 - ms_ssim(x, y, color="rgb", weights=weights)
+    return lambda x, y: 1 - ms_ssim(x, y, color="rgb", exponents=exponents)
 
 
 def build_loss(name: str, patch: int, device: torch.device) -> LossFn:
@@ -504,13 +511,13 @@ def monitor_loss(net: nn.Module, fn: LossFn, batch: tuple[torch.Tensor, torch.Te
 def evaluation_metrics(spec: str, device: torch.device) -> tuple[dict[str, Metric], dict[str, str]]:
     """Every requested metric that can be built here, and the reason for each that cannot."""
     names = list_metrics() if spec == "all" else [n.strip() for n in spec.split(",") if n.strip() and n != "l1"]
+    for name in names:
+        metric_info(name)  # an unknown name is the user's mistake: its KeyError ends the run before any work
     metrics: dict[str, Metric] = {}
     skipped: dict[str, str] = {}
     for name in names:
         try:
             built, missing = create_available_metrics([name], device)
-        except KeyError:
-            raise
         except Exception as err:  # a metric that fails to build is reported, never fatal
             built, missing = {}, {name: f"could not be built: {type(err).__name__}: {err}"}
         metrics.update(built)

@@ -19,7 +19,7 @@ import torchvision
 from torch import nn
 
 from iqa_core.registry import Registry
-from iqa_core.weights import InvalidWeightsError, WeightsSource, resolve_weights
+from iqa_core.weights import InvalidWeightsError, WeightsSource, resolve_weights, torchvision_query
 
 __all__ = ["BackboneSpec", "BACKBONES", "TapRequirement", "tap_sizes", "min_input_side", "build_features",
            "ImageNetNormalize", "LPIPSScaling", "NORMALIZATIONS", "L2Pool", "size_downsample_factor",
@@ -294,9 +294,6 @@ def receptive_geometry(layers: Sequence[nn.Module]) -> tuple[int, int, int]:
 # those), so that any backbone can be combined with any comparator (iqa_core.comparators).
 # ---------------------------------------------------------------------------------------------------------------
 
-#: Packages that register backbones when imported (they depend on iqa_core, not the reverse).
-BACKBONE_PACKAGES = ("zs_iqa",)
-
 EMBEDDING = "embedding"  # tap name of a backbone's final embedding (where it has one)
 
 
@@ -434,7 +431,7 @@ class BackboneInfo:
     weights_hint: str = ""
 
 
-_BACKBONE_REGISTRY: Registry[BackboneInfo] = Registry("backbone", BACKBONE_PACKAGES)
+_BACKBONE_REGISTRY: Registry[BackboneInfo] = Registry("backbone")
 
 
 def register_backbone(name: str, factory: Callable[..., TapBackbone], description: str, top1: float | None = None,
@@ -470,7 +467,7 @@ def _register_torchvision_backbones() -> None:
             arch, partial(TorchvisionBackbone, arch),
             description=f"torchvision {arch} features, ImageNet-normalised input; taps {list(BACKBONES[arch].taps)}",
             top1=torchvision_top1(arch), top1_source="torchvision weight metadata (IMAGENET1K_V1, acc@1)",
-            weights_hint=f"$IQA_WEIGHTS_DIR/{arch}_features.pth or torchvision's own file (see iqa_core.weights)")
+            weights_hint=torchvision_query(arch).advice())
 
 
 _register_torchvision_backbones()

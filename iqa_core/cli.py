@@ -12,6 +12,7 @@ import csv
 import functools
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from iqa_core.resumable_csv import ResumableCSV, StopRequested
 from iqa_core.validation import DeviceError, IQAInputError, resolve_device
 from iqa_core.weights import WeightsNotFoundError
 
-__all__ = ["main", "build_parser", "device_argument", "run_main", "user_error_message", "USER_ERRORS"]
+__all__ = ["main", "build_parser", "device_argument", "run_main", "user_error_message", "USER_ERRORS",
+           "RenamedOption", "warn_renamed_options"]
 
 #: What a user's mistake raises (bad input, missing or unusable files and weights, unknown names, a bad device);
 #: each ends the command with its one-line message and exit status 2. Anything else is a bug and keeps its traceback.
@@ -38,6 +40,28 @@ def device_argument(text: str) -> str:
         return str(resolve_device(text))
     except DeviceError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+class RenamedOption(argparse.Action):
+    """The former name of an option, kept working and hidden from --help: ``parser.add_argument("--old",
+    dest="new", action=RenamedOption, new_name="--new")``. Its value goes to the new option's ``dest``; the script
+    calls :func:`warn_renamed_options` after parsing."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, new_name: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kwargs)
+        self.new_name = new_name
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.renamed_options = [*getattr(namespace, "renamed_options", []), (option_string, self.new_name)]
+
+
+def warn_renamed_options(args: argparse.Namespace) -> None:
+    """A DeprecationWarning for each former option name on the command line. It is issued here rather than while
+    parsing so that it is attributed to the calling script, where Python shows DeprecationWarnings by default."""
+    for old, new in vars(args).pop("renamed_options", []):
+        warnings.warn(f"{old} is deprecated and will be removed: use {new}", DeprecationWarning, stacklevel=2)
 
 
 def _positive(text: str) -> int:

@@ -35,10 +35,6 @@ from iqa_core.registry import Registry
 __all__ = ["Comparator", "ComparatorInfo", "register_comparator", "create_comparator", "list_comparators",
            "comparator_info", "as_channel_map", "unit_normalize", "unit_channel_maps", "UnitL2", "CosineChannel"]
 
-#: Paper packages that register comparators when imported.
-COMPARATOR_PACKAGES = ("iqa_core.baselines", "deepssim", "distribution_measures", "zs_iqa")
-
-
 class Comparator(nn.Module):
     """Base class. ``prepare`` maps one image's taps to what ``compare`` needs (it can be computed once for a
     reference and reused); ``compare`` returns (B,) scores. Batches of one broadcast against batches of B."""
@@ -91,7 +87,7 @@ class ComparatorInfo:
     description: str
 
 
-_REGISTRY: Registry[ComparatorInfo] = Registry("comparator", COMPARATOR_PACKAGES)
+_REGISTRY: Registry[ComparatorInfo] = Registry("comparator")
 
 
 def register_comparator(name: str, description: str = "") -> Callable[[type], type]:

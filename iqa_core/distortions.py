@@ -1,4 +1,5 @@
-"""Deterministic synthetic distortions at graded levels (SPEC section 7, no-dataset mode).
+"""Deterministic synthetic distortions at graded levels, for the experiments run without a rated dataset
+(gdr_robustness.py, dps_analysis.py and fm_layer_study.py score the bundled images distorted with them).
 
 Every distortion takes a batch of RGB images ``x`` of shape (B, 3, H, W) with values in
 [0, 1] and a level in 0..5: level 0 is the identity (a float32 copy of the input), levels 1..5

@@ -21,11 +21,6 @@ from iqa_core.validation import IQAInputError, check_pair
 __all__ = ["Metric", "FeatureMetric", "MetricInfo", "register_metric", "create_metric", "list_metrics",
            "metric_info", "create_available_metrics"]
 
-#: Paper packages that register metrics when imported (they depend on iqa_core, not the reverse,
-#: so the registry imports them by name on first use).
-METRIC_PACKAGES = ("iqa_core.baselines", "deepssim", "distribution_measures", "zs_iqa")
-
-
 class Metric(nn.Module):
     """Base class: validation, device and dtype placement and metadata; subclasses implement :meth:`score`.
 
@@ -136,7 +131,7 @@ class MetricInfo:
         return out
 
 
-_REGISTRY: Registry[MetricInfo] = Registry("metric", METRIC_PACKAGES)
+_REGISTRY: Registry[MetricInfo] = Registry("metric")
 
 
 def register_metric(name: str, description: str = "", **defaults: Any) -> Callable[[type], type]:

@@ -18,9 +18,10 @@ from conftest import metric_params
 
 import iqa_core.baselines as B  # importing registers the metrics
 from iqa_core import IQAInputError, create_metric, list_metrics, load_image, metric_info
+from iqa_core import weights as weights_module
 from iqa_core.backbones import L2Pool
 from iqa_core.cli import main as cli_main
-from iqa_core.weights import InvalidWeightsError, WeightsNotFoundError
+from iqa_core.weights import InvalidWeightsError, WeightsNotFoundError, package_data_file
 
 # The authors' packages' values are reproduced to <= 1.7e-7 relative (float32, 1 or 2 threads; measured).
 REL = 1e-6
@@ -131,14 +132,14 @@ def test_l2pool_equals_official_class_when_installed():
 
 
 def test_heads_found_in_weights_dir_or_argument(tmp_path, monkeypatch):
-    source = B._package_data_file("lpips", "weights", "v0.1", "alex.pth")
+    source = package_data_file("lpips", "weights", "v0.1", "alex.pth")
     if source is None:
         pytest.skip("lpips==0.1.4 not installed")
     assert hashlib.sha256(source.read_bytes()).hexdigest() == B.HEADS_SHA256["lpips_alex_v0.1.pth"]
     official = B.load_lpips_heads("alex")
     (tmp_path / B.lpips_heads_filename("alex")).write_bytes(source.read_bytes())
     monkeypatch.setenv("IQA_WEIGHTS_DIR", str(tmp_path))
-    monkeypatch.setattr(B, "_package_data_file", lambda *a: None)
+    monkeypatch.setattr(weights_module, "package_data_file", lambda *a: None)
     for got in (B.load_lpips_heads("alex"),
                 B.load_lpips_heads("alex", heads=torch.load(source, map_location="cpu", weights_only=True)),
                 B.load_lpips_heads("alex", heads=source)):
@@ -147,7 +148,7 @@ def test_heads_found_in_weights_dir_or_argument(tmp_path, monkeypatch):
 
 def test_missing_heads_name_the_file_and_the_places(tmp_path, monkeypatch):
     monkeypatch.setenv("IQA_WEIGHTS_DIR", str(tmp_path))
-    monkeypatch.setattr(B, "_package_data_file", lambda *a: None)
+    monkeypatch.setattr(weights_module, "package_data_file", lambda *a: None)
     monkeypatch.setattr(B.sys, "prefix", str(tmp_path))
     with pytest.raises(WeightsNotFoundError) as err:
         B.load_lpips_heads("vgg")
@@ -183,6 +184,10 @@ def test_pixel_metrics_match_piq_live(tid_pair):
             assert torch.allclose(ours, theirs, rtol=PIQ_REL, atol=0)
         theirs = piq.multi_scale_ssim(yd, yr, data_range=1.0, reduction="none")
         assert torch.allclose(B.ms_ssim(dist, ref, color), theirs, rtol=PIQ_REL, atol=0)
+    exponents = (0.2, 0.3, 0.5)  # fewer scales, other exponents: the same as piq's scale_weights
+    theirs = piq.multi_scale_ssim(yd, yr, data_range=1.0, reduction="none", scale_weights=torch.tensor(exponents))
+    assert torch.allclose(B.ms_ssim(dist, ref, color, exponents=exponents), theirs, rtol=PIQ_REL, atol=0)
+    assert B.MS_SSIM_WEIGHTS is B.MS_SSIM_EXPONENTS  # the former name still imports
 
 
 def test_ssim_rgb_agrees_with_matlab_value_recorded_by_piq(tid_pair):

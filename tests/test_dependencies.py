@@ -12,8 +12,9 @@ from pathlib import Path
 import tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-CODE = ("iqa_core", "deepssim", "distribution_measures", "zs_iqa", "experiments")
-#: declared for their data files, never imported (iqa_core.baselines reads them through importlib.util.find_spec)
+CODE = ("iqa_core", "deepssim", "distribution_measures", "zs_iqa", "dps", "experiments")
+#: declared for their data files, never imported (iqa_core.baselines names them; iqa_core.weights finds the files
+#: through importlib.util.find_spec)
 DATA_ONLY = {"lpips": "lpips", "dists-pytorch": "DISTS_pytorch"}
 
 

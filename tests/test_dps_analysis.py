@@ -4,6 +4,9 @@ against the registered metrics they come from, the spectral measures, and experi
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
 import math
 import subprocess
 import sys
@@ -16,7 +19,8 @@ import torch
 from conftest import hermetic_env
 from scipy import ndimage
 
-from iqa_core import create_metric, dps
+import dps
+from iqa_core import create_metric
 from iqa_core.backbones import create_backbone
 from iqa_core.deep_features import DeepFeatureMetric, TapGrid
 from iqa_core.distortions import distort
@@ -136,7 +140,7 @@ def test_monotonicity_counts_strictly_ordered_sequences():
 
 
 def test_merit_geometric_mean():
-    w = dps.DEFAULT_WEIGHTS
+    w = dps.DEFAULT_FACTOR_WEIGHTS
     assert dps.merit({k: 0.7 for k in dps.FACTORS}, w) == pytest.approx(0.7)
     assert dps.merit({"accuracy": 0.9, "robustness": 0.0, "monotonicity": 1, "cost": 1}, w) == 0
     assert dps.merit({"accuracy": 0.9, "robustness": 0.0, "monotonicity": 1, "cost": 1},
@@ -150,13 +154,28 @@ def test_merit_geometric_mean():
     np.testing.assert_allclose(got, [0.64, 0.8])
 
 
-def test_parse_weights():
-    assert dps.parse_weights("") == dps.DEFAULT_WEIGHTS
-    assert dps.parse_weights("accuracy=1, cost=0") == {"accuracy": 1.0, "robustness": 0.2, "monotonicity": 0.2,
-                                                       "cost": 0.0}
+def test_parse_factor_weights():
+    assert dps.parse_factor_weights("") == dps.DEFAULT_FACTOR_WEIGHTS
+    assert dps.parse_factor_weights("accuracy=1, cost=0") == {"accuracy": 1.0, "robustness": 0.2,
+                                                              "monotonicity": 0.2, "cost": 0.0}
     for bad in ("speed=1", "accuracy", "accuracy=-1", "accuracy=0,robustness=0,monotonicity=0,cost=0"):
-        with pytest.raises(ValueError):
-            dps.parse_weights(bad)
+        with pytest.raises(ValueError, match="^factor weights: "):
+            dps.parse_factor_weights(bad)
+
+
+def test_factor_weights_option_and_its_former_name(monkeypatch):
+    spec = importlib.util.spec_from_file_location("dps_analysis_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, script)  # dataclasses look their module up there
+    spec.loader.exec_module(script)
+    wanted = {"accuracy": 1.0, "robustness": 0.2, "monotonicity": 0.2, "cost": 0.0}
+    assert script.parse_args(["--factor-weights", "accuracy=1,cost=0"]).factor_weight_map == wanted
+    with pytest.warns(DeprecationWarning, match="--weights is deprecated.*use --factor-weights"):
+        args = script.parse_args(["--weights", "accuracy=1,cost=0"])
+    assert args.factor_weight_map == wanted and not hasattr(args, "renamed_options")
+    with contextlib.redirect_stdout(io.StringIO()) as shown, pytest.raises(SystemExit):
+        script.parse_args(["--help"])
+    assert "--factor-weights" in shown.getvalue() and "--weights" not in shown.getvalue()
 
 
 def test_cost_normalisation_and_ranking():
@@ -234,10 +253,10 @@ def test_cell_costs_and_peak_memory(monkeypatch):
     assert (costs.peak_mib.isna() | (costs.peak_mib >= 0)).all()
     assert dps.time_ms(lambda: None, repeats=2) >= 0
     # the peak is the high-water mark after the call minus the resident size before it, in MiB
-    monkeypatch.setattr(dps, "_reset_peak_rss", lambda: 100 * 1024)
-    monkeypatch.setattr(dps, "_status_kib", lambda field: {"VmHWM": 164 * 1024}[field])
+    monkeypatch.setattr(dps.cost, "_reset_peak_rss", lambda: 100 * 1024)
+    monkeypatch.setattr(dps.cost, "_status_kib", lambda field: {"VmHWM": 164 * 1024}[field])
     assert dps.peak_memory_mib(lambda: None) == 64.0
-    monkeypatch.setattr(dps, "_reset_peak_rss", lambda: (_ for _ in ()).throw(OSError("no /proc")))
+    monkeypatch.setattr(dps.cost, "_reset_peak_rss", lambda: (_ for _ in ()).throw(OSError("no /proc")))
     assert math.isnan(dps.peak_memory_mib(lambda: None))
 
 

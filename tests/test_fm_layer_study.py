@@ -158,6 +158,16 @@ def test_only_missing_backbones_fail_cleanly(tmp_path, monkeypatch, capsys):
     assert list(pd.read_csv(tmp_path / "out" / "skipped.csv").backbone) == ["vgg19"]
 
 
+def test_checkpoints_option_and_its_former_name():
+    assert study.parse_args(["--checkpoints", "dinov1=a.pth,vgg16=b.pth"]).checkpoints == "dinov1=a.pth,vgg16=b.pth"
+    assert study.parse_checkpoints("dinov1=a.pth, vgg16=b.pth") == {"dinov1": "a.pth", "vgg16": "b.pth"}
+    with pytest.warns(DeprecationWarning, match="--weights is deprecated.*use --checkpoints"):
+        args = study.parse_args(["--weights", "dinov1=a.pth"])
+    assert args.checkpoints == "dinov1=a.pth"
+    with pytest.raises(SystemExit, match="--checkpoints expects BACKBONE=PATH"):
+        study.parse_checkpoints("dinov1")
+
+
 @ALEXNET
 def test_all_taps_row_is_the_registered_metric(tmp_path):
     out = tmp_path / "all"

@@ -186,3 +186,22 @@ def test_learning_rate_schedule():
     assert rates[0] == pytest.approx(args.lr / 10) and rates[9] == pytest.approx(args.lr)
     assert all(a >= b for a, b in zip(rates[9:], rates[10:], strict=False))
     assert math.isclose(tr.lr_at(100, args), 0.01 * args.lr, rel_tol=1e-9)
+
+
+def test_an_unknown_evaluation_metric_ends_the_run_before_any_is_built(monkeypatch):
+    built = []
+    monkeypatch.setattr(tr, "create_available_metrics", lambda names, device: built.append(names) or ({}, {}))
+    with pytest.raises(KeyError, match="unknown metric 'no-such-metric'"):
+        tr.evaluation_metrics("psnr,no-such-metric", torch.device("cpu"))
+    assert built == []
+    tr.evaluation_metrics("psnr,l1", torch.device("cpu"))  # l1 is the script's own
+    assert built == [["psnr"]]
+
+
+def test_a_metric_that_fails_to_build_is_reported_not_fatal(monkeypatch):
+    def failing(names, device):
+        raise RuntimeError("broken constructor")
+
+    monkeypatch.setattr(tr, "create_available_metrics", failing)
+    metrics, skipped = tr.evaluation_metrics("psnr", torch.device("cpu"))
+    assert metrics == {} and skipped == {"psnr": "could not be built: RuntimeError: broken constructor"}

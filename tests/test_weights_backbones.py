@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+from pathlib import Path
+
 import pytest
 import torch
 import torchvision
@@ -148,3 +152,27 @@ def test_create_available_metrics_reports_what_it_skips(isolated):
     assert list(skipped) == ["deepssim"] and "no pretrained weights for vgg16" in skipped["deepssim"]
     with pytest.raises(KeyError, match="unknown metric"):
         create_available_metrics(["no-such-metric"])
+
+
+ROOT = Path(__file__).resolve().parents[1]
+#: How code reads the variable: its name as a string literal, or the constant that holds it.
+READS_WEIGHTS_DIR = re.compile(r"""["']IQA_WEIGHTS_DIR["']|\bWEIGHTS_DIR_VARIABLE\b""")
+
+
+def _reads_of_the_weights_dir(path: Path) -> list[str]:
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".ipynb":  # code cells only
+        text = "\n".join("".join(cell["source"]) for cell in json.loads(text)["cells"] if cell["cell_type"] == "code")
+    return [line.strip() for line in text.splitlines() if READS_WEIGHTS_DIR.search(line)]
+
+
+def test_only_the_resolver_reads_the_weights_dir_variable():
+    """$IQA_WEIGHTS_DIR is read in iqa_core/weights.py alone (tests set it; every other module asks the resolver)."""
+    assert READS_WEIGHTS_DIR.search('env_dir = os.environ.get("IQA_WEIGHTS_DIR")')  # what the scan looks for
+    sources = [p for suffix in ("*.py", "*.ipynb") for p in ROOT.rglob(suffix)
+               if not {"tests", "build"} & set(p.relative_to(ROOT).parts[:1])
+               and not any(part.startswith(".") for part in p.relative_to(ROOT).parts)]
+    assert ROOT / "iqa_core" / "weights.py" in sources and ROOT / "experiments" / "dps_analysis.py" in sources
+    readers = {str(p.relative_to(ROOT)): lines for p in sources if (lines := _reads_of_the_weights_dir(p))}
+    assert list(readers) == ["iqa_core/weights.py"], readers
+    assert sum('"IQA_WEIGHTS_DIR"' in line for line in readers["iqa_core/weights.py"]) == 1

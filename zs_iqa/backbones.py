@@ -44,10 +44,11 @@ Facts carried over from the official code and the libraries it used:
 - The official code runs OpenAI CLIP ViT-B/32 and RN50 in float16 on CUDA (``clip.load`` on a GPU, inputs cast
   to ``HalfTensor``); everything here is float32 unless the caller casts the module.
 
-Weights are never downloaded. They are found, in this order: the ``weights=`` argument (a file, a folder holding
-one of the expected files, a state dict, or ``"random"``: timm's initialisation seeded with 0, for tests and
-timing only); ``$IQA_WEIGHTS_DIR``; the torch hub cache (``$TORCH_HOME/hub/checkpoints``); the OpenAI CLIP cache
-(``~/.cache/clip``); the Hugging Face hub cache (``$HF_HUB_CACHE``, read offline with
+Weights are never downloaded. The project's one resolver, :mod:`iqa_core.weights`, finds them (this module declares
+what to look for, :func:`weights_query`, and converts what is found), in this order: the ``weights=`` argument (a
+file, a folder holding one of the expected files, a state dict, or ``"random"``: timm's initialisation seeded with
+0, for tests and timing only); ``$IQA_WEIGHTS_DIR``; the torch hub cache (``$TORCH_HOME/hub/checkpoints``); the
+OpenAI CLIP cache (``~/.cache/clip``); the Hugging Face hub cache (``$HF_HUB_CACHE``, read offline with
 ``huggingface_hub.try_to_load_from_cache``). :func:`expected_weight_files` lists the file names per backbone: the
 official release's name (``ViT-B-32.pt``, ``RN50.pt``, ...), timm's (``timm_<arch>.<tag>.safetensors``), and Hugging
 Face folders named after the hub id (``facebook/dino-vitb16/model.safetensors``, ``timm/<arch>.<tag>/...``,
@@ -66,7 +67,7 @@ import math
 import os
 import re
 import zipfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -78,12 +79,23 @@ from torch import nn
 
 from iqa_core.backbones import EMBEDDING, TapBackbone, register_backbone
 from iqa_core.validation import IQAInputError
-from iqa_core.weights import InvalidWeightsError, WeightsNotFoundError, WeightsSource, check_finite, read_state_file
+from iqa_core.weights import (
+    InvalidWeightsError,
+    WeightsFormat,
+    WeightsQuery,
+    WeightsSource,
+    find_first_file,
+    folder_place,
+    load_weights,
+    read_first_found,
+    read_weights_file,
+)
 from zs_iqa.protocol import STRIDE, window_grid
 
 __all__ = ["FoundationSpec", "FOUNDATION_SPECS", "FoundationBackbone", "ViTTapBackbone", "ConvNeXtTapBackbone",
            "CLIPResNetTapBackbone", "CheckpointMismatchError", "HUB_FILES", "POS_EMBED_RESIZE",
-           "expected_weight_files", "find_foundation_weights", "read_checkpoint", "convert_checkpoint",
+           "expected_weight_files", "weights_query", "find_foundation_weights", "read_checkpoint",
+           "convert_checkpoint", "TORCHSCRIPT",
            "tap_shapes", "resize_pos_embed"]
 
 #: File names of a Hugging Face hub repository that may hold the weights (timm, transformers, open_clip).
@@ -239,13 +251,6 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
 
 
-def _is_safetensors(path: Path) -> bool:
-    """A safetensors file starts with the 8-byte length of its JSON header, then ``{``."""
-    with open(path, "rb") as f:
-        head = f.read(9)
-    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
-
-
 def _unwrap(obj: object, origin: str) -> dict[str, torch.Tensor]:
     """The tensors of a state dict, unwrapped from ``{"state_dict": ...}`` / ``{"model": ...}`` and ``module.``."""
     if not isinstance(obj, Mapping):
@@ -263,32 +268,25 @@ def _unwrap(obj: object, origin: str) -> dict[str, torch.Tensor]:
     return state
 
 
+def _read_torchscript(path: Path) -> dict[str, torch.Tensor]:
+    from zs_iqa.torchscript_archive import read_torchscript_state_dict  # imports this module
+
+    return read_torchscript_state_dict(path)
+
+
+#: OpenAI's CLIP releases: TorchScript archives, read as data by :mod:`zs_iqa.torchscript_archive`, never run.
+TORCHSCRIPT = WeightsFormat("TorchScript archive", _is_torchscript, _read_torchscript)
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a safetensors file, a TorchScript archive (its parameters and buffers, read as data by
     :mod:`zs_iqa.torchscript_archive`, nothing in it compiled or run) or a ``torch.save`` file (loaded weights-only),
-    told apart by their content, not their names."""
-    path = Path(path)
-    if not zipfile.is_zipfile(path) and _is_safetensors(path):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            state = _unwrap(load_file(str(path)), str(path))
-        except SafetensorError as err:
-            raise InvalidWeightsError(f"weights file {path} cannot be used: a damaged safetensors file "
-                                      f"({err})") from None
-    elif _is_torchscript(path):
-        from zs_iqa.torchscript_archive import read_torchscript_state_dict  # imports this module
-
-        state = _unwrap(read_torchscript_state_dict(path), str(path))
-    else:
-        state = _unwrap(read_state_file(path), str(path))
-    check_finite(state, str(path))
-    return state
+    told apart by their content, not their names (:func:`iqa_core.weights.read_weights_file`)."""
+    return _unwrap(read_weights_file(path, formats=(TORCHSCRIPT,)), str(path))
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Where weights are looked for
+# Where weights are looked for (the search itself is iqa_core.weights')
 # ---------------------------------------------------------------------------------------------------------------
 
 def expected_weight_files(name: str) -> list[str]:
@@ -297,72 +295,30 @@ def expected_weight_files(name: str) -> list[str]:
     return list(spec.files) + [f"{hub_id}/{file}" for hub_id in spec.hub_ids for file in HUB_FILES]
 
 
-def _candidates(spec: FoundationSpec, directory: Path, bare_hub_files: bool = False) -> list[Path]:
-    paths = [directory / rel for rel in expected_weight_files(spec.name)]
-    paths += [directory / hub_id.split("/")[-1] / file for hub_id in spec.hub_ids for file in HUB_FILES]
-    if bare_hub_files:  # a folder given as weights= may be a downloaded hub repository itself
-        paths += [directory / file for file in HUB_FILES]
-    return paths
-
-
-def _first_file(paths: Iterable[Path]) -> Path | None:
-    return next((p for p in paths if p.is_file()), None)
-
-
-def _hf_cache_dir() -> Path:
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    hf_home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
-    return Path(hf_home).expanduser() / "hub"
-
-
-def _from_hf_cache(spec: FoundationSpec, cache_dir: Path) -> Path | None:
-    """A file of one of the spec's hub repositories already in the local Hugging Face cache (no network)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    for hub_id in spec.hub_ids:
-        for file in HUB_FILES:
-            found = try_to_load_from_cache(hub_id, file, cache_dir=cache_dir)
-            if isinstance(found, str) and Path(found).is_file():
-                return Path(found)
-    return None
-
-
-def _local_dirs() -> list[tuple[str, Path | None]]:
-    env_dir = os.environ.get("IQA_WEIGHTS_DIR")
-    return [("$IQA_WEIGHTS_DIR", Path(env_dir).expanduser() if env_dir else None),
-            ("torch hub cache", Path(torch.hub.get_dir()) / "checkpoints"),
-            ("OpenAI CLIP cache", Path("~/.cache/clip").expanduser())]
+def weights_query(name: str) -> WeightsQuery:
+    """The search for backbone ``name``'s checkpoint: its file names in the weights folders (hub folders also under
+    the last part of the id, ``dino-vitb16/``), OpenAI CLIP's cache and the Hugging Face hub cache; no download."""
+    spec = FOUNDATION_SPECS[name]
+    return WeightsQuery(
+        f"pretrained weights for {spec.name!r} ({spec.official.split(';')[0]})", tuple(expected_weight_files(name)),
+        folder_aliases=tuple(f"{hub_id.split('/')[-1]}/{file}" for hub_id in spec.hub_ids for file in HUB_FILES),
+        openai_clip_cache=True, hub_repos=spec.hub_ids, hub_files=HUB_FILES,
+        note="weights='random' builds the architecture with seeded random weights, for tests only; nothing is "
+             "downloaded.")
 
 
 def find_foundation_weights(name: str) -> tuple[Path | None, list[str]]:
-    """The first local weights file for backbone ``name`` and a description of every place looked in."""
-    spec = FOUNDATION_SPECS[name]
-    looked = []
-    for label, directory in _local_dirs():
-        if directory is None:
-            looked.append(f"{label} (not set)")
-            continue
-        found = _first_file(_candidates(spec, directory))
-        if found is not None:
-            return found, looked
-        looked.append(f"{label} {directory}")
-    cache = _hf_cache_dir()
-    found = _from_hf_cache(spec, cache)
-    if found is not None:
-        return found, looked
-    looked.append(f"Hugging Face hub cache {cache} (repositories {', '.join(spec.hub_ids)})")
-    return None, looked
+    """The first local weights file for backbone ``name`` and a description of every place looked in before it."""
+    return find_first_file(weights_query(name).places())
 
 
-def _not_found(spec: FoundationSpec, looked: Sequence[str], where: str = "") -> WeightsNotFoundError:
-    return WeightsNotFoundError(
-        f"no pretrained weights for {spec.name!r} ({spec.official.split(';')[0]}){where}: put one of "
-        f"{', '.join(expected_weight_files(spec.name))} in $IQA_WEIGHTS_DIR or pass weights=PATH "
-        "(weights='random' builds the architecture with seeded random weights, for tests only). Nothing is "
-        "downloaded. Looked in: " + "; ".join(looked) + ".")
+def _from_folder(query: WeightsQuery, folder: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """A ``weights=`` folder: the query's file names in it, or the files of a downloaded hub repository itself."""
+    names = (*query.names, *query.folder_aliases, *HUB_FILES)
+    found, looked = read_first_found([folder_place("weights= folder", folder, names)], read_checkpoint)
+    if found is None:
+        raise query.not_found(looked, where=f" in {folder}")
+    return found[0], str(found[1])
 
 
 def _resolve(spec: FoundationSpec, weights: WeightsSource) -> tuple[dict[str, torch.Tensor] | None, str]:
@@ -371,20 +327,14 @@ def _resolve(spec: FoundationSpec, weights: WeightsSource) -> tuple[dict[str, to
         return None, "random"
     if isinstance(weights, Mapping):
         return _unwrap(weights, "weights= state dict"), "weights= state dict"
-    if weights is not None:
-        path = Path(weights).expanduser()
-        if path.is_dir():
-            found = _first_file(_candidates(spec, path, bare_hub_files=True))
-            if found is None:
-                raise _not_found(spec, [f"weights= folder {path}"], where=f" in {path}")
-            path = found
-        if not path.is_file():
-            raise WeightsNotFoundError(f"weights file for {spec.name!r} not found: {path}")
-        return read_checkpoint(path), str(path)
-    found, looked = find_foundation_weights(spec.name)
-    if found is None:
-        raise _not_found(spec, looked)
-    return read_checkpoint(found), str(found)
+    query = weights_query(spec.name)
+    if weights is None:
+        state, path = load_weights(query, read_checkpoint)
+        return state, str(path)
+    if Path(weights).expanduser().is_dir():
+        return _from_folder(query, Path(weights).expanduser())
+    path = query.given_file(weights)
+    return read_checkpoint(path), str(path)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -782,8 +732,8 @@ def _factory(spec: FoundationSpec) -> Callable[..., FoundationBackbone]:
 
 
 def _weights_hint(spec: FoundationSpec) -> str:
-    return (f"one of {', '.join(expected_weight_files(spec.name))} in $IQA_WEIGHTS_DIR (also searched: torch hub "
-            "cache, ~/.cache/clip, the Hugging Face hub cache), or weights=PATH; never downloaded")
+    return (f"{weights_query(spec.name).advice()} (also searched: the torch hub cache, ~/.cache/clip, the Hugging Face "
+            "hub cache); never downloaded")
 
 
 def _register() -> None:
