@@ -58,8 +58,8 @@ from iqa_core.validation import IQAInputError, check_pair
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Pair", "Group", "PairSource", "Scorer", "MetricScorer", "RunReport", "Plan", "score_pairs",
-           "pairs_from_csv", "pairs_from_records", "read_pairs", "current_scores", "root_relative"]
+__all__ = ["Pair", "Group", "PairSource", "group_by_reference", "Scorer", "MetricScorer", "RunReport", "Plan",
+           "score_pairs", "pairs_from_csv", "pairs_from_records", "read_pairs", "current_scores", "root_relative"]
 
 #: What a pair that cannot be scored raises while its images are read or checked: it goes to the errors table.
 PAIR_ERRORS = (ImageReadError, IQAInputError, OSError)
@@ -115,7 +115,7 @@ def root_relative(path: str | os.PathLike, root: str | os.PathLike) -> str:
         return Path(os.path.normpath(path)).as_posix()
 
 
-def _group(items: Iterable[tuple[str, Any, Pair]]) -> list[Group]:
+def group_by_reference(items: Iterable[tuple[str, Any, Pair]]) -> list[Group]:
     """Pairs grouped by reference id in order of first appearance; a pair whose key repeats is kept once."""
     groups: dict[str, Group] = {}
     seen: set[tuple[str, ...]] = set()
@@ -186,8 +186,8 @@ def pairs_from_csv(path: str | os.PathLike, root: str | os.PathLike | None = Non
             extras = tuple(files[2:]) if saliency and any(files[2:]) else None
             yield key[0], files[0], Pair(line, key, files[1], extras)
 
-    return PairSource(columns, _group(items()), reader.ref, reader.dist, reader.saliency if saliency else None,
-                      ("files",))
+    return PairSource(columns, group_by_reference(items()), reader.ref, reader.dist,
+                      reader.saliency if saliency else None, ("files",))
 
 
 def pairs_from_records(records: Sequence[Any], root: str | os.PathLike,
@@ -198,7 +198,8 @@ def pairs_from_records(records: Sequence[Any], root: str | os.PathLike,
     items = ((str(Path(r.ref)), Path(r.ref),
               Pair(i, (r.key, root_relative(r.ref, root), f"{file_identity(r.ref)} {file_identity(r.dist)}"),
                    Path(r.dist))) for i, r in enumerate(records, start=1))
-    return PairSource(("dist", "ref", "files"), _group(items), reader.ref, reader.dist, identity_columns=("files",))
+    return PairSource(("dist", "ref", "files"), group_by_reference(items), reader.ref, reader.dist,
+                      identity_columns=("files",))
 
 
 # ------------------------------------------------------------------------------------------------------ scorers
