@@ -26,9 +26,11 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -282,46 +284,75 @@ def _oriented_srcc(scores: dict[str, float], levels: dict[str, int], higher_is_b
     return sign * spearman([levels[k] for k in keys], [scores[k] for k in keys])
 
 
-def dataset_rows(name: str, pairs: Path, args: argparse.Namespace, given_weights: dict[str, str]) -> list[dict]:
-    """One metric's rows of the dataset table: per-pair loop, engine in 1 and N processes, each precision."""
-    weights = _weights_for(name, given_weights)
-    n_pairs = sum(1 for _ in open(pairs)) - 1
+@dataclass
+class _Run:
+    """One timed command of the dataset table (the per-pair loop, or the engine in one mode)."""
+
+    mode: str
+    processes: int
+    precision: str
+    command: list[str]
+    env: dict[str, str]
+    out: Path | None = None  # the engine's store (emptied before each run)
+    times: list[tuple[float, float]] = field(default_factory=list)
+
+    def run(self) -> None:
+        if self.out is not None:
+            for stale in self.out.parent.glob(f"{self.out.stem}*"):
+                stale.unlink()
+        self.times.append(_timed_run(self.command, self.env))
+
+    @property
+    def seconds(self) -> tuple[float, float]:
+        """Median wall and median CPU seconds of the repeats."""
+        return statistics.median(t[0] for t in self.times), statistics.median(t[1] for t in self.times)
+
+
+def _dataset_runs(name: str, pairs: Path, weights: str | None, args: argparse.Namespace) -> list[_Run]:
     work = Path(args.out) / "dataset_runs"
     work.mkdir(parents=True, exist_ok=True)
-    base = {"metric": name, "weights": weights or "pretrained", "pairs": n_pairs}
-    rows = []
-
-    def add(mode: str, processes: int, precision: str, seconds: tuple[float, float], **extra: object) -> None:
-        wall, cpu = seconds
-        rows.append({**base, "mode": mode, "processes": processes, "precision": precision, "wall_s": wall,
-                     "cpu_s": cpu, "pairs_per_s": n_pairs / wall, "ms_per_pair": 1000 * wall / n_pairs, **extra})
-        print("  ".join(f"{k}={_fmt(v)}" for k, v in rows[-1].items()), flush=True)
-
-    loop_cmd = [sys.executable, __file__, "--_pair-loop", str(pairs), "--metrics", name, "--device", str(args.device),
-                *(["--_weights", weights] if weights else [])]
-    loop = _timed_run(loop_cmd, _child_env(None))
-    add("per-pair loop", 1, "fp32", loop)
-    higher = metric_info(name).higher_is_better
-    reference: dict[str, float] = {}
-    runs = [(p, 1) for p in args.precisions.split(",") if p] + [("fp32", n) for n in [args.nproc] if n > 1]
-    for precision, nproc in runs:
+    loop = [sys.executable, __file__, "--_pair-loop", str(pairs), "--metrics", name, "--device", str(args.device),
+            *(["--_weights", weights] if weights else [])]
+    runs = [_Run("per-pair loop", 1, "fp32", loop, _child_env(None))]
+    modes = [(p, 1) for p in args.precisions.split(",") if p] + [("fp32", n) for n in [args.nproc] if n > 1]
+    for precision, nproc in modes:
         out = work / f"{name}_{precision}_{nproc}.csv"
-        for stale in out.parent.glob(f"{out.stem}*"):
-            stale.unlink()
         threads = max(1, (os.cpu_count() or 1) // nproc) if nproc > 1 else None
-        seconds = _timed_run(_engine_command(pairs, out, name, weights, args, precision, nproc), _child_env(threads))
-        scores, levels = _scores_and_levels(out, pairs)
-        if precision == "fp32" and nproc == 1:
-            reference = scores
-        deviation = max(abs(scores[k] - reference[k]) / max(abs(reference[k]), 1e-12) for k in reference)
-        srcc = _oriented_srcc(scores, levels, higher)
-        extra = {"speedup_vs_loop": loop[0] / seconds[0], "cpu_speedup_vs_loop": loop[1] / seconds[1],
-                 "max_rel_diff_vs_fp32": deviation, "srcc": srcc,
-                 "srcc_change": srcc - _oriented_srcc(reference, levels, higher)}
-        if name in AUTHORS_MS_PER_PAIR and precision == "fp32":
-            then = AUTHORS_MS_PER_PAIR[name] / LOOP_MS_PER_PAIR[name]
-            extra["speedup_vs_authors_est"] = extra["speedup_vs_loop"] * then
-        add("engine" if nproc == 1 else f"engine, torchrun x{nproc}", nproc, precision, seconds, **extra)
+        runs.append(_Run("engine" if nproc == 1 else f"engine, torchrun x{nproc}", nproc, precision,
+                         _engine_command(pairs, out, name, weights, args, precision, nproc), _child_env(threads), out))
+    return runs
+
+
+def dataset_rows(name: str, pairs: Path, args: argparse.Namespace, given_weights: dict[str, str]) -> list[dict]:
+    """One metric's rows of the dataset table: per-pair loop, engine in 1 and N processes, each precision; with
+    --dataset-repeats, every command that many times, interleaved (the load of a shared machine drifts), medians."""
+    weights = _weights_for(name, given_weights)
+    n_pairs = sum(1 for _ in open(pairs)) - 1
+    runs = _dataset_runs(name, pairs, weights, args)
+    for _ in range(args.dataset_repeats):
+        for run in runs:
+            run.run()
+    loop = runs[0].seconds
+    higher = metric_info(name).higher_is_better
+    reference = _scores_and_levels(runs[1].out, pairs)[0]  # the first engine run is fp32 in one process
+    rows = []
+    for run in runs:
+        wall, cpu = run.seconds
+        row = {"metric": name, "weights": weights or "pretrained", "pairs": n_pairs, "mode": run.mode,
+               "processes": run.processes, "precision": run.precision, "runs": len(run.times), "wall_s": wall,
+               "cpu_s": cpu, "pairs_per_s": n_pairs / wall, "ms_per_pair": 1000 * wall / n_pairs}
+        if run.out is not None:
+            scores, levels = _scores_and_levels(run.out, pairs)
+            srcc = _oriented_srcc(scores, levels, higher)
+            row.update({"speedup_vs_loop": loop[0] / wall, "cpu_speedup_vs_loop": loop[1] / cpu,
+                        "max_rel_diff_vs_fp32": max(abs(scores[k] - reference[k]) / max(abs(reference[k]), 1e-12)
+                                                    for k in reference),
+                        "srcc": srcc, "srcc_change": srcc - _oriented_srcc(reference, levels, higher)})
+            if name in AUTHORS_MS_PER_PAIR and run.precision == "fp32":
+                then = AUTHORS_MS_PER_PAIR[name] / LOOP_MS_PER_PAIR[name]
+                row["speedup_vs_authors_est"] = row["speedup_vs_loop"] * then
+        rows.append(row)
+        print("  ".join(f"{k}={_fmt(v)}" for k, v in row.items()), flush=True)
     return rows
 
 
@@ -355,10 +386,13 @@ def dataset_benchmark(args: argparse.Namespace) -> int:
     device = torch.device(args.device)
     if args.precisions is None:
         args.precisions = PRECISIONS_GPU if device.type == "cuda" else PRECISIONS_CPU
+    # fp32 in one process first: the reference of the deviations
+    args.precisions = ",".join(["fp32", *(p for p in args.precisions.split(",") if p and p != "fp32")])
     rows = [row for name in args.metrics.split(",") if name for row in dataset_rows(name, pairs, args, given)]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {os.cpu_count()} cores"
     header = (f"Device: {where}; torch {torch.__version__}; {refs} references x {dists} distortions, {w}x{h} PNG; "
-              f"batch size {args.batch_size}, {args.workers} DataLoader worker(s); one run each, start-up included.")
+              f"batch size {args.batch_size}, {args.workers} DataLoader worker(s); median of {args.dataset_repeats} "
+              "interleaved run(s) of each command, start-up included.")
     write_table(rows, Path(args.out) / f"dataset_{device.type}", header, _fmt_cell)
     return 0
 
@@ -387,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--_large-child", help=argparse.SUPPRESS)
     parser.add_argument("--dataset", metavar="R,D", help="dataset mode: R references x D distortions (see above)")
     parser.add_argument("--nproc", type=int, default=2, help="dataset mode: processes of the torchrun run")
+    parser.add_argument("--dataset-repeats", type=int, default=1, help="dataset mode: runs of each command, "
+                        "interleaved; the table has the medians")
     parser.add_argument("--precisions", help=f"dataset mode: precisions to run (default {PRECISIONS_CPU} on the "
                         f"CPU, {PRECISIONS_GPU} on a GPU)")
     parser.add_argument("--batch-size", type=int, default=8, help="dataset mode: the engine's --batch-size")
