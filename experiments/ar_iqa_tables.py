@@ -6,10 +6,15 @@ published by the papers' authors where they exist.
     python experiments/ar_iqa_tables.py --dataset live,csiq --metrics all --device cuda
     python experiments/ar_iqa_tables.py --dataset kadid10k --root /data/kadid10k --metrics deepssim
 
+    torchrun --standalone --nproc_per_node=4 experiments/ar_iqa_tables.py --dataset kadid10k --metrics deepssim
+
 Datasets are read from their official layouts under data/<name>/ (or --root); a missing dataset gets a
-message that says where to put it. Per-image predictions are appended to results/ar_iqa/<dataset>_predictions.csv
-as they are computed; a rerun skips every (metric, image) already there, so an interrupted run resumes.
-The reference's features are computed once per reference image. Outputs in results/ar_iqa/:
+message that says where to put it. Pairs are scored by the engine (iqa_core.engine: a DataLoader decodes them,
+each reference is encoded once per metric, distorted images of one size go through the backbone as a batch, and
+under torchrun the reference groups are shared out among the processes). Per-image predictions are appended to
+results/ar_iqa/<dataset>_predictions.csv (the store of iqa_core.store) as they are computed; a rerun skips every
+(metric, image) already there with the same weights, options, precision and files, so an interrupted run resumes;
+images that cannot be scored are listed in <dataset>_predictions.errors.csv. Outputs in results/ar_iqa/:
 <dataset>_predictions.csv, table.csv / table.md / table.tex (with a bootstrap 95 % interval of the SRCC),
 by_distortion.csv (SRCC and logistic PLCC per distortion type), and <dataset>_<metric>_scatter.png with the
 fitted logistic curve (the predictions CSV is the data behind each scatter plot).
@@ -19,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -29,17 +33,18 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from iqa_core import FeatureMetric, list_metrics, load_image  # noqa: E402
-from iqa_core.cli import device_argument, run_main  # noqa: E402
+from iqa_core import list_metrics  # noqa: E402
+from iqa_core.cli import device_argument, engine_arguments, precision_argument, run_main  # noqa: E402
 from iqa_core.datasets import DatasetNotFoundError, load_dataset  # noqa: E402
+from iqa_core.distributed import local_device, world_from_env  # noqa: E402
+from iqa_core.engine import MetricScorer, Plan, current_scores, pairs_from_records, score_pairs  # noqa: E402
 from iqa_core.metric import create_available_metrics  # noqa: E402
 from iqa_core.report import markdown_table  # noqa: E402
-from iqa_core.resumable_csv import ResumableCSV, StopRequested  # noqa: E402
+from iqa_core.resumable_csv import StopRequested  # noqa: E402
 from iqa_core.stats import bootstrap_ci, correlations, logistic5, per_group  # noqa: E402
 
 PUBLISHED = ROOT / "data" / "published" / "published_correlations.csv"
@@ -59,6 +64,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stop-after", type=int, metavar="N", help="stop once N new predictions are written, as if "
                    "interrupted (a rerun resumes); splits a long run over several sessions")
     p.add_argument("--quick", action="store_true", help=f"metrics {','.join(QUICK_METRICS)}, first 40 pairs")
+    engine_arguments(p)
+    precision_argument(p)
     args = p.parse_args(argv)
     if args.quick:
         args.limit = args.limit or 40
@@ -67,51 +74,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_metrics(names: str, device: str) -> dict[str, torch.nn.Module]:
-    """Every requested metric that can be built here; the others are listed with the reason."""
+def build_metrics(names: str, device: str, precision: str = "fp32") -> dict[str, MetricScorer]:
+    """Every requested metric that can be built here, as the engine's scorers; the others are listed with the
+    reason."""
     wanted = list_metrics() if names == "all" else [n.strip() for n in names.split(",") if n.strip()]
-    metrics, skipped = create_available_metrics(wanted, device)
+    metrics, skipped = create_available_metrics(wanted, str(local_device(device, world_from_env())))
     for name, reason in skipped.items():
         print(f"skipped {name}: {reason}", file=sys.stderr)
     if not metrics:
         raise SystemExit("error: no metric could be built (see the lines above)")
-    return metrics
+    return {name: MetricScorer(metric, name, precision=precision) for name, metric in metrics.items()}
 
 
-PREDICTION_COLUMNS = ["metric", "dist", "ref", "score"]
+def score_dataset(dataset, records: list, scorers: dict[str, MetricScorer], predictions: Path,
+                  stop_after: int | None = None, batch_size: int = 8, workers: int = 1) -> int:
+    """Score every (metric, pair) not yet in ``predictions`` through the engine. Returns the rows written (by all
+    processes of a torchrun run)."""
+    def announce(plan: Plan) -> None:
+        print(f"{dataset.name}: {len(records)} pairs x {len(scorers)} metrics, {plan.todo} predictions to compute "
+              f"({plan.cached} cached in {predictions})")
 
-
-def score_dataset(dataset, records: list, metrics: dict, predictions: Path, stop_after: int | None = None) -> int:
-    """Append one row per (metric, pair) not yet in ``predictions`` (iqa_core.resumable_csv: a row cut short by a
-    kill is scored again); references are encoded once. Returns the number of rows written."""
-    with ResumableCSV(predictions, PREDICTION_COLUMNS, PREDICTION_COLUMNS[:2], stop_after) as cache:
-        todo = [(name, rec) for name in metrics for rec in records if (name, rec.key) not in cache]
-        print(f"{dataset.name}: {len(records)} pairs x {len(metrics)} metrics, {len(todo)} predictions to compute "
-              f"({len(records) * len(metrics) - len(todo)} cached in {predictions})")
-        by_metric_ref: dict[tuple[str, Path], list] = defaultdict(list)
-        for name, rec in todo:
-            by_metric_ref[(name, rec.ref)].append(rec)
-        with tqdm(total=len(todo), desc=dataset.name, unit="pred") as bar:
-            for (name, ref_path), recs in by_metric_ref.items():
-                metric = metrics[name]
-                ref = load_image(ref_path).to(metric.device)
-                with torch.no_grad():
-                    cached = metric.reference_features(ref) if isinstance(metric, FeatureMetric) else None
-                    for rec in recs:
-                        dist = load_image(rec.dist).to(metric.device)
-                        value = metric.score_against(dist, cached) if cached is not None else metric(dist, ref)
-                        cache.add([name, rec.key, _relative(dataset, rec.ref), repr(float(value[0]))])
-                        cache.flush()
-                        bar.update()
-        return cache.written
-
-
-def _relative(dataset, path: Path) -> str:
-    """A path relative to the dataset root."""
-    try:
-        return Path(path).relative_to(dataset.root).as_posix()
-    except ValueError:
-        return Path(path).as_posix()
+    report = score_pairs(list(scorers.values()), pairs_from_records(records, dataset.root), predictions,
+                         batch_size=batch_size, workers=workers, stop_after=stop_after, announce=announce,
+                         desc=dataset.name)
+    if report.failed and report.is_main:
+        print(f"{dataset.name}: {report.summary()}", file=sys.stderr)
+    return report.scored
 
 
 def published_values() -> pd.DataFrame:
@@ -131,22 +119,22 @@ def published_row(published: pd.DataFrame, dataset_name: str, metric: str) -> di
     return rows.iloc[0].to_dict() if len(rows) else None
 
 
-def summarise(dataset, records: list, metrics: dict, predictions: Path, published: pd.DataFrame,
-              out: Path, breakdown: list[dict]) -> list[dict]:
-    """One table row per metric (plus ``breakdown`` rows per distortion type) and a scatter plot each."""
-    preds = pd.read_csv(predictions, on_bad_lines="skip")
-    preds = preds[pd.to_numeric(preds["score"], errors="coerce").notna()].astype({"score": float})
+def summarise(dataset, records: list, metrics: dict[str, MetricScorer], predictions: Path,
+              published: pd.DataFrame, out: Path, breakdown: list[dict]) -> list[dict]:
+    """One table row per metric (plus ``breakdown`` rows per distortion type) and a scatter plot each, from the
+    predictions of exactly these metrics (weights, options, precision) and files."""
+    preds = current_scores(predictions, list(metrics.values()), pairs_from_records(records, dataset.root))
     mos = {r.key: r.score for r in records}
     distortion = {r.key: r.distortion for r in records}
     rows = []
     for name, metric in metrics.items():
-        sub = preds[(preds["metric"] == name) & preds["dist"].isin(mos)].drop_duplicates("dist", keep="last")
+        sub = preds[(preds["metric"] == name) & preds["dist"].isin(mos)]
         if len(sub) < 3:
             continue
         x, y = sub["score"].to_numpy(float), sub["dist"].map(mos).to_numpy(float)
         stats = correlations(x, y)
         # Report magnitudes with the sign that means "agrees with humans" (metric and label directions).
-        sign = 1.0 if metric.higher_is_better == dataset.score_higher_is_better else -1.0
+        sign = 1.0 if metric.metric.higher_is_better == dataset.score_higher_is_better else -1.0
         row = {"dataset": dataset.name, "metric": name, "n": len(sub), "fit_ok": stats["fit_ok"],
                **{k: sign * stats[k] if k != "rmse" else stats[k] for k in STAT_KEYS}}
         low, high = sorted(sign * v for v in bootstrap_ci(x, y, "srcc", n_boot=1000, seed=0))
@@ -204,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetNotFoundError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    metrics = build_metrics(args.metrics, args.device)
+    metrics = build_metrics(args.metrics, args.device, args.precision or "fp32")
     published = published_values()
     rows: list[dict] = []
     breakdown: list[dict] = []
@@ -213,12 +201,15 @@ def main(argv: list[str] | None = None) -> int:
         records = list(dataset)[: args.limit] if args.limit else list(dataset)
         predictions = out / f"{dataset.name}_predictions.csv"
         try:
-            written = score_dataset(dataset, records, metrics, predictions, budget)
+            written = score_dataset(dataset, records, metrics, predictions, budget, args.batch_size, args.workers)
         except StopRequested as stop:
             print(stop)
             return 0
         budget = None if budget is None else budget - written
-        rows += summarise(dataset, records, metrics, predictions, published, out, breakdown)
+        if world_from_env().is_main:  # under torchrun, rank 0 writes the tables
+            rows += summarise(dataset, records, metrics, predictions, published, out, breakdown)
+    if not world_from_env().is_main:
+        return 0
     write_tables(rows, breakdown, out)
     print((out / "table.md").read_text())
     return 0

@@ -20,17 +20,21 @@ merit per (metric, transform, severity):
 
 Dataset mode: the same sweep over the pairs of a rated dataset; srcc and plcc (raw) against its MOS.
 
-Outputs in results/gdr_robustness/: scores.csv (every scored pair; a rerun skips what is there, so an
-interrupted run resumes), summary.csv (metric, transform, severity, srcc, score_shift), summary.md, one PNG
-per transform, panels.png (all transforms, one line per metric), examples.png (each transform at each
-severity) and the CSVs behind every figure.
+The sweep is a pair source of the scoring engine (iqa_core.engine): DataLoader workers make the distorted and
+transformed images while the metrics score, each reference is encoded once per metric, and the images of one
+reference go through the backbone in batches (--batch-size).
+
+Outputs in results/gdr_robustness/: scores.csv (every scored pair, keyed by metric, weights, precision, sweep
+settings and the files' identity; a rerun skips what is there, so an interrupted run resumes; pairs that cannot
+be scored are listed in scores.errors.csv), summary.csv (metric, transform, severity, srcc, score_shift),
+summary.md, one PNG per transform, panels.png (all transforms, one line per metric), examples.png (each transform
+at each severity) and the CSVs behind every figure.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -41,26 +45,34 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from scipy import stats  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from iqa_core import FeatureMetric, IQAInputError, Metric, list_metrics, load_image  # noqa: E402
-from iqa_core.cli import device_argument, run_main  # noqa: E402
-from iqa_core.datasets import Dataset, load_dataset  # noqa: E402
+from iqa_core import Metric, WeightsNotFoundError, list_metrics, load_image  # noqa: E402
+from iqa_core.cli import device_argument, engine_arguments, run_main  # noqa: E402
 from iqa_core.distortions import distort  # noqa: E402
+from iqa_core.distributed import local_device, world_from_env  # noqa: E402
+from iqa_core.engine import (  # noqa: E402
+    MetricScorer,
+    Pair,
+    PairSource,
+    Plan,
+    current_scores,
+    group_by_reference,
+    score_pairs,
+)
 from iqa_core.metric import create_available_metrics  # noqa: E402
-from iqa_core.resumable_csv import ResumableCSV, StopRequested  # noqa: E402
-from iqa_core.samples import load_samples  # noqa: E402
+from iqa_core.resumable_csv import StopRequested  # noqa: E402
+from iqa_core.samples import load_samples, sample_images  # noqa: E402
 from iqa_core.stats import direction_sign, spearman  # noqa: E402
+from iqa_core.store import file_identity  # noqa: E402
 from iqa_core.transforms import GEOMETRIC_TRANSFORMS, apply_transform  # noqa: E402
 
 # Every family once, within the 15-minute budget on a 2-core CPU; --metrics all runs every available metric.
 DEFAULT_METRICS = ["psnr", "ssim", "gmsd", "fsim", "lpips-alex", "lpips-vgg", "dists", "deepssim", "deepwsd-vgg16",
                    "deepjsd-vgg16", "deepwsd-alexnet"]
 QUICK_METRICS = ["psnr", "ssim", "lpips-alex", "deepssim", "deepwsd-alexnet"]
-KEY = ["metric", "image", "distortion", "level", "transform", "severity"]
 NONE = "none"  # the untransformed pair (severity 0), shared by every transform
 
 
@@ -85,6 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "interrupted (a rerun resumes); splits a long run over several sessions")
     p.add_argument("--quick", action="store_true", help="2 images, 2 distortions, levels 1,3,5, severities 2,4, "
                    f"metrics {','.join(QUICK_METRICS)}")
+    engine_arguments(p)
     args = p.parse_args(argv)
     if args.quick:  # the quick sweep, where the command line kept the defaults
         quick = {"images": 2, "distortions": "gaussian_blur,jpeg", "levels": "1,3,5", "severities": "2,4",
@@ -105,7 +118,8 @@ def build_metrics(spec: str, device: str) -> dict[str, Metric]:
     for name, reason in skipped.items():
         print(f"skipped {name}: {reason}")
     if not metrics:
-        raise SystemExit("error: no metric could be built")
+        raise WeightsNotFoundError("no metric could be built (see the skipped lines above): put the weights in "
+                                   "$IQA_WEIGHTS_DIR or choose --metrics that resolve")
     return metrics
 
 
@@ -115,86 +129,103 @@ def sweep(args: argparse.Namespace) -> list[tuple[str, float]]:
     return [(NONE, 0.0)] + [(t, s) for t in args.transforms.split(",") for s in severities]
 
 
-def transformed_batch(dist: torch.Tensor, grid: list[tuple[str, float]], args: argparse.Namespace) -> torch.Tensor:
-    return torch.cat([dist if t == NONE else apply_transform(t, dist, s, seed=args.seed, border=args.border)
-                      for t, s in grid]).clamp(0, 1)
+SCORE_COLUMNS = ("image", "distortion", "level", "transform", "severity", "sweep", "files")
 
 
-class ScoreCache(ResumableCSV):
-    """scores.csv, appended row by row; rows already present are never recomputed, a row cut short by a kill
-    is scored again (iqa_core.resumable_csv). Levels are written as integers and severities with ``:g``."""
+class SweepImages:
+    """The sweep's loaders, run in the engine's DataLoader workers: a reference is a bundled image (samples mode) or
+    a file (dataset mode); a distorted image is the reference distorted at a level (samples) or a file (dataset), then
+    geometrically transformed. The untransformed image is kept for the transforms that follow it."""
 
-    def __init__(self, path: Path, stop_after: int | None = None) -> None:
-        super().__init__(path, [*KEY, "score"], KEY, stop_after)
+    def __init__(self, args: argparse.Namespace, images: dict[str, torch.Tensor] | None = None) -> None:
+        self.seed, self.border, self.images = args.seed, args.border, images
+        self._last: tuple[object, torch.Tensor] | None = None
 
-    @staticmethod
-    def _normalised(values: Sequence) -> list:
-        metric, image, distortion, level, transform, severity = values
-        return [metric, image, distortion, int(level), transform, f"{float(severity):g}"]
+    def reference(self, ref: str | Path) -> torch.Tensor:
+        return load_image(ref) if self.images is None else self.images[ref]
 
-    def has(self, *values) -> bool:
-        return self._normalised(values) in self
+    def distorted(self, recipe: tuple, ref: torch.Tensor) -> torch.Tensor:
+        base, transform, severity = recipe
+        if self._last is None or self._last[0] != base:
+            self._last = (base, self._untransformed(base, ref))
+        dist = self._last[1]
+        if transform != NONE:
+            dist = apply_transform(transform, dist, severity, seed=self.seed, border=self.border)
+        return dist.clamp(0, 1)
 
-    def add(self, values: list, score: float) -> None:
-        super().add([*self._normalised(values), repr(score)])
-
-
-def score_group(metric: Metric, ref: torch.Tensor, batch: torch.Tensor, ref_cache: dict, image: str) -> list[float]:
-    with torch.no_grad():
-        if isinstance(metric, FeatureMetric):
-            if image not in ref_cache:
-                ref_cache.clear()
-                ref_cache[image] = metric.reference_features(ref)
-            return metric.score_against(batch, ref_cache[image]).tolist()
-        return metric(batch, ref).tolist()
+    def _untransformed(self, base: tuple | Path, ref: torch.Tensor) -> torch.Tensor:
+        if isinstance(base, Path):
+            return load_image(base)
+        _, distortion, level = base
+        return ref if level == 0 else distort(distortion, ref, level, seed=self.seed)
 
 
-def run_samples(args: argparse.Namespace, metrics: dict[str, Metric], cache: ScoreCache) -> None:
-    images = dict(list(load_samples(max_side=args.max_side).items())[: args.images])
-    distortions = args.distortions.split(",")
+def _setup(args: argparse.Namespace, samples: bool) -> str:
+    """The sweep's settings that change a score, for the store's key."""
+    return f"border={args.border};seed={args.seed}" + (f";max_side={args.max_side}" if samples else "")
+
+
+def samples_source(args: argparse.Namespace, images: dict[str, torch.Tensor]) -> PairSource:
+    """Every (image, distortion, level, transform, severity) of the samples sweep, one group per image."""
     levels = [0, *_ints(args.levels)]
-    grid = sweep(args)
-    jobs = [(m, i, d, lv) for m in metrics for i in images for d in distortions for lv in levels
-            if not all(cache.has(m, i, d, lv, t, s) for t, s in grid)]
-    print(f"{len(images)} images x {len(distortions)} distortions x {len(levels)} levels x {len(grid)} "
-          f"(transform, severity) x {len(metrics)} metrics; {len(jobs)} groups of {len(grid)} to score")
-    dist_cache: dict[tuple, torch.Tensor] = {}
-    for metric_name in metrics:
-        ref_cache: dict = {}
-        for (m, image, dname, level) in tqdm([j for j in jobs if j[0] == metric_name], desc=metric_name):
-            metric = metrics[m]
-            ref = images[image].to(metric.device)
-            if (image, dname, level) not in dist_cache:
-                dist = images[image] if level == 0 else distort(dname, images[image], level, seed=args.seed)
-                dist_cache[(image, dname, level)] = transformed_batch(dist, grid, args)
-            batch = dist_cache[(image, dname, level)].to(metric.device)
-            for (t, s), value in zip(grid, score_group(metric, ref, batch, ref_cache, image), strict=True):
-                cache.add([m, image, dname, level, t, f"{s:g}"], float(value))
-            cache.flush()
+    files = {path.stem: file_identity(path) for path in sample_images()}
+    setup = _setup(args, samples=True)
+    jobs = [(image, d, lv, t, s) for image in images for d in args.distortions.split(",") for lv in levels
+            for t, s in sweep(args)]
+    items = ((image, image, Pair(row, (image, d, str(lv), t, f"{s:g}", setup, files.get(image, "")),
+                                 ((image, d, lv), t, s)))
+             for row, (image, d, lv, t, s) in enumerate(jobs, start=1))
+    maker = SweepImages(args, images)
+    return PairSource(SCORE_COLUMNS, group_by_reference(items), maker.reference, maker.distorted,
+                      identity_columns=("files",))
 
 
-def run_dataset(args: argparse.Namespace, metrics: dict[str, Metric],
-                cache: ScoreCache) -> tuple[pd.DataFrame, Dataset]:
-    """Score the dataset's pairs under every (transform, severity); returns (image, mos) per pair and the dataset."""
+def dataset_source(args: argparse.Namespace, records: list) -> PairSource:
+    """Every (record, transform, severity) of the dataset sweep, grouped by reference file."""
+    setup = _setup(args, samples=False)
+    jobs = [(rec, t, s) for rec in records for t, s in sweep(args)]
+    items = ((str(rec.ref), Path(rec.ref),
+              Pair(row, (rec.key, "dataset", "0", t, f"{s:g}", setup,
+                         f"{file_identity(rec.ref)} {file_identity(rec.dist)}"), (Path(rec.dist), t, s)))
+             for row, (rec, t, s) in enumerate(jobs, start=1))
+    maker = SweepImages(args)
+    return PairSource(SCORE_COLUMNS, group_by_reference(items), maker.reference, maker.distorted,
+                      identity_columns=("files",))
+
+
+def score_sweep(source: PairSource, metrics: dict, out: Path, args: argparse.Namespace, what: str) -> pd.DataFrame:
+    """Score the sweep through the engine into scores.csv; the scores of these metrics and this sweep (on rank 0)."""
+    scorers = [MetricScorer(metric, name) for name, metric in metrics.items()]
+
+    def announce(plan: Plan) -> None:
+        print(f"{what} x {len(metrics)} metrics; {plan.todo} to score ({plan.cached} already in scores.csv)")
+
+    report = score_pairs(scorers, source, out / "scores.csv", batch_size=args.batch_size, workers=args.workers,
+                         stop_after=args.stop_after, announce=announce, desc="gdr")
+    if not report.is_main:
+        return pd.DataFrame()
+    if report.failed:
+        print(report.summary())
+    scores = current_scores(out / "scores.csv", scorers, source)
+    return scores.astype({"level": int, "severity": float})
+
+
+def run_samples(args: argparse.Namespace, metrics: dict, out: Path) -> pd.DataFrame:
+    images = dict(list(load_samples(max_side=args.max_side).items())[: args.images])
+    what = (f"{len(images)} images x {len(args.distortions.split(','))} distortions x {len(_ints(args.levels)) + 1} "
+            f"levels x {len(sweep(args))} (transform, severity)")
+    return score_sweep(samples_source(args, images), metrics, out, args, what)
+
+
+def run_dataset(args: argparse.Namespace, metrics: dict, out: Path) -> tuple[pd.DataFrame, pd.DataFrame, object]:
+    from iqa_core.datasets import load_dataset
 
     dataset = load_dataset(args.dataset, root=args.root)
     records = list(dataset)[: args.limit] if args.limit else list(dataset)
-    grid = sweep(args)
-    for metric_name, metric in metrics.items():
-        for rec in tqdm(records, desc=metric_name):
-            if all(cache.has(metric_name, rec.key, "dataset", 0, t, s) for t, s in grid):
-                continue
-            ref, dist = load_image(rec.ref).to(metric.device), load_image(rec.dist)
-            try:
-                batch = transformed_batch(dist, grid, args).to(metric.device)
-                values = score_group(metric, ref, batch, {}, rec.key)
-            except IQAInputError as err:
-                print(f"skipped {rec.key} for {metric_name}: {err}")
-                continue
-            for (t, s), value in zip(grid, values, strict=True):
-                cache.add([metric_name, rec.key, "dataset", 0, t, f"{s:g}"], float(value))
-            cache.flush()
-    return pd.DataFrame({"image": [r.key for r in records], "mos": [r.score for r in records]}), dataset
+    what = f"{dataset.name}: {len(records)} pairs x {len(sweep(args))} (transform, severity)"
+    scores = score_sweep(dataset_source(args, records), metrics, out, args, what)
+    labels = pd.DataFrame({"image": [r.key for r in records], "mos": [r.score for r in records]})
+    return scores, labels, dataset
 
 
 def _finite_range(values: pd.Series) -> float:
@@ -313,20 +344,17 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    metrics = build_metrics(args.metrics, args.device)
-    cache = ScoreCache(out / "scores.csv", args.stop_after)
+    metrics = build_metrics(args.metrics, str(local_device(args.device, world_from_env())))
     try:
         if args.dataset:
-            labels, dataset = run_dataset(args, metrics, cache)
+            scores, labels, dataset = run_dataset(args, metrics, out)
         else:
-            run_samples(args, metrics, cache)
+            scores = run_samples(args, metrics, out)
     except StopRequested as stop:
         print(stop)
         return 0
-    finally:
-        cache.close()
-    scores = pd.read_csv(out / "scores.csv")
-    scores = scores[scores.metric.isin(metrics)].drop_duplicates(KEY, keep="last")  # a resumed group may repeat rows
+    if not world_from_env().is_main:  # under torchrun, rank 0 writes the summary
+        return 0
     if args.dataset:
         summary = summarise_dataset(scores, labels, dataset, metrics)
     else:

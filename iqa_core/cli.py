@@ -1,14 +1,14 @@
 """Command line: ``python -m iqa_core {score,batch,list}``.
 
     python -m iqa_core score --metric deepssim REF DIST [--weights PATH] [--json]
-    python -m iqa_core batch --metric deepssim --pairs pairs.csv --out scores.csv
+    python -m iqa_core batch --metric deepssim --pairs pairs.csv --out scores.csv [--batch-size 8] [--workers 1]
+    torchrun --standalone --nproc_per_node=2 -m iqa_core batch --metric deepssim --pairs pairs.csv --out scores.csv
     python -m iqa_core list
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import functools
 import json
 import sys
@@ -18,14 +18,17 @@ from pathlib import Path
 
 import torch
 
+from iqa_core.distributed import local_device, world_from_env
+from iqa_core.engine import MetricScorer, pairs_from_csv, read_pairs, score_pairs
 from iqa_core.io import ImageReadError, load_image, load_map
-from iqa_core.metric import FeatureMetric, Metric, create_metric, list_metrics, metric_info
-from iqa_core.resumable_csv import ResumableCSV, StopRequested
+from iqa_core.metric import Metric, create_metric, list_metrics, metric_info
+from iqa_core.precision import PRECISIONS, apply_precision, precision_of_dtype, precision_scope
+from iqa_core.resumable_csv import StopRequested
 from iqa_core.validation import DeviceError, IQAInputError, resolve_device
 from iqa_core.weights import WeightsNotFoundError
 
-__all__ = ["main", "build_parser", "device_argument", "run_main", "user_error_message", "USER_ERRORS",
-           "RenamedOption", "warn_renamed_options"]
+__all__ = ["main", "build_parser", "device_argument", "run_main", "user_error_message", "USER_ERRORS", "read_pairs",
+           "precision_argument", "engine_arguments", "RenamedOption", "warn_renamed_options"]
 
 #: What a user's mistake raises (bad input, missing or unusable files and weights, unknown names, a bad device);
 #: each ends the command with its one-line message and exit status 2. Anything else is a bug and keeps its traceback.
@@ -64,14 +67,35 @@ def warn_renamed_options(args: argparse.Namespace) -> None:
         warnings.warn(f"{old} is deprecated and will be removed: use {new}", DeprecationWarning, stacklevel=2)
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(float(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(float(text))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected a number >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive = _at_least(1)
+
+
+def precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision`` (iqa_core.precision), for every command that scores."""
+    parser.add_argument("--precision", choices=PRECISIONS, help="fp32 (default: exact float32, TF32 off), fp64 "
+                        "(the whole metric in float64), tf32 (GPU TF32 allowed), bf16 / fp16 (the backbone under "
+                        "autocast, the metric's statistics in float32)")
+
+
+def engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--batch-size`` and ``--workers`` of the scoring engine (iqa_core.engine)."""
+    parser.add_argument("--batch-size", type=_positive, default=8, help="distorted images of one size scored as "
+                        "one batch against their reference (default 8)")
+    parser.add_argument("--workers", type=_at_least(0), default=1, help="DataLoader processes that decode the "
+                        "images ahead of the scoring (default 1; 0: in the main process)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,8 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add_metric_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--metric", help="registered metric name (see `list`); or compose one with --backbone and "
-                       "--comparator")
+        p.add_argument("--metric", help="registered metric name (see `list`); batch: several, comma-separated; or "
+                       "compose one with --backbone and --comparator (score)")
         p.add_argument("--backbone", help="registered backbone (see `list --backbones`), e.g. vgg16, dinov1")
         p.add_argument("--comparator", help="registered comparator (see `list --comparators`), e.g. l2, wsd, gram-ssim")
         p.add_argument("--taps", help="comma-separated taps (default: the metric's or the backbone's; 'embedding' for "
@@ -89,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--weights", help="backbone weights file (state dict); default: the resolver's order")
         p.add_argument("--device", default="cpu", type=device_argument, help="torch device, e.g. cpu or cuda")
         p.add_argument("--dtype", choices=sorted(DTYPES), help="the dtype the whole metric computes in (float32; "
-                       "float64 also runs the backbone in float64)")
+                       "float64 also runs the backbone in float64): the same as --precision fp32 / fp64")
+        precision_argument(p)
         p.add_argument("--max-pixels", type=_positive, help="largest image read, in pixels (default 64 million or "
                        "$IQA_MAX_PIXELS)")
         p.add_argument("--ignore-exif", action="store_true", help="read the stored pixels, ignoring the files' "
@@ -103,14 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--saliency-dist", help="saliency map of the distorted image (deepssim-sc)")
     score.add_argument("--json", action="store_true", help="print the result as one JSON object (last line)")
 
-    batch = sub.add_parser("batch", help="score a CSV list of pairs into a CSV, resuming if interrupted")
+    batch = sub.add_parser("batch", help="score a CSV list of pairs into a CSV, resuming if interrupted (also under "
+                           "torchrun)")
     batch.add_argument("--pairs", required=True, help="CSV with columns ref,dist "
                        "(optional saliency_ref,saliency_dist); relative paths are taken from --root")
-    batch.add_argument("--out", required=True, help="output CSV; rows already there are not recomputed")
+    batch.add_argument("--out", required=True, help="output CSV (the store): pairs already there with the same "
+                       "metric, options, weights, precision and files are not recomputed")
     batch.add_argument("--root", help="folder that relative paths in --pairs start from (default: its folder)")
-    batch.add_argument("--stop-after", type=_positive, metavar="N", help="stop once N new rows are written, as if "
-                       "interrupted (a rerun resumes); splits a long run over several sessions")
+    batch.add_argument("--stop-after", type=_positive, metavar="N", help="stop once N new rows are written (per "
+                       "process under torchrun), as if interrupted (a rerun resumes); splits a long run over several "
+                       "sessions")
     add_metric_options(batch)
+    engine_arguments(batch)
 
     lister = sub.add_parser("list", help="list the registered metrics (or backbones, comparators)")
     lister.add_argument("--json", action="store_true")
@@ -120,19 +149,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _build_metric(args: argparse.Namespace) -> Metric:
-    """The registered ``--metric``, or the composition ``--backbone`` x ``--comparator`` (one path either way)."""
-    kwargs: dict[str, object] = {}
-    if args.weights:
-        kwargs["weights"] = args.weights
-    if args.dtype:
-        kwargs["dtype"] = DTYPES[args.dtype]
+def _precision(args: argparse.Namespace) -> str:
+    """``--precision``, or what ``--dtype`` means; both given must agree."""
+    implied = precision_of_dtype(DTYPES[args.dtype]) if args.dtype else None
+    if args.precision and implied and (args.precision == "fp64") != (implied == "fp64"):
+        raise ValueError(f"--dtype {args.dtype} and --precision {args.precision} disagree; give one of them")
+    return args.precision or implied or "fp32"
+
+
+def _build_metric(args: argparse.Namespace, name: str | None = None, device: str | None = None) -> Metric:
+    """The registered metric ``name`` (default ``--metric``), or the composition ``--backbone`` x ``--comparator``
+    (one path either way), in float32 on the device (the precision is applied by the caller)."""
+    kwargs: dict[str, object] = {"weights": args.weights} if args.weights else {}
     if args.taps:
         kwargs["taps"] = [t.strip() for t in args.taps.split(",") if t.strip()]
     if args.stride:
         kwargs["stride"] = args.stride
     composed = args.backbone or args.comparator
-    if composed and args.metric:
+    if composed and (name or args.metric):
         raise ValueError("give --metric, or --backbone with --comparator, not both")
     if composed:
         if not (args.backbone and args.comparator):
@@ -141,11 +175,11 @@ def _build_metric(args: argparse.Namespace) -> Metric:
 
         metric: Metric = DeepFeatureMetric(args.backbone, args.comparator, **kwargs)
         args.metric = f"{args.backbone}:{args.comparator}"
-    elif args.metric:
-        metric = create_metric(args.metric, **kwargs)
+    elif name or args.metric:
+        metric = create_metric(name or args.metric, **kwargs)
     else:
         raise ValueError("no metric: give --metric NAME (see `list`), or --backbone and --comparator")
-    return metric.to(args.device).eval()
+    return metric.to(device or args.device).eval()
 
 
 def _image_reader(args: argparse.Namespace) -> Callable[..., torch.Tensor]:
@@ -165,8 +199,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     read = _image_reader(args)
     ref, dist = read(args.ref), read(args.dist)
     saliency = _saliency_kwargs(args.saliency_ref, args.saliency_dist)
-    metric = _build_metric(args)
-    with torch.no_grad():
+    precision = _precision(args)
+    metric = apply_precision(_build_metric(args), precision)
+    with torch.no_grad(), precision_scope(precision):
         value = float(metric(dist, ref, **saliency)[0])
         loss = _loss_or_none(metric, dist, ref, saliency) if args.json else None
     result = {"metric": args.metric, "score": value, "higher_is_better": metric.higher_is_better,
@@ -191,63 +226,27 @@ def _loss_or_none(metric: Metric, dist: torch.Tensor, ref: torch.Tensor, kwargs:
         return None
 
 
-def read_pairs(path: Path) -> list[dict[str, str]]:
-    """The rows of a pairs CSV; a missing column or an empty ``ref`` / ``dist`` is named with its line."""
-    if not path.is_file():
-        raise FileNotFoundError(f"pairs file not found: {path}")
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"ref", "dist"} <= set(reader.fieldnames):
-            raise ValueError(f"{path}: needs columns 'ref' and 'dist', found {reader.fieldnames}")
-        rows = list(reader)
-    for line, row in enumerate(rows, start=2):
-        missing = [c for c in ("ref", "dist") if not (row.get(c) or "").strip()]
-        if missing:
-            raise ValueError(f"{path} line {line}: no {' and no '.join(repr(c) for c in missing)} value; every row "
-                             "needs both")
-    return rows
-
-
 def cmd_batch(args: argparse.Namespace) -> int:
+    """Score the pairs with each metric through the engine; exit status 1 (and the last line) when pairs failed."""
     pairs_path = Path(args.pairs)
-    root = Path(args.root) if args.root else pairs_path.parent
-    rows = read_pairs(pairs_path)
     out = Path(args.out)
     if out.is_dir():
         raise ValueError(f"--out {out} is a directory: give the CSV file to write, e.g. {out / 'scores.csv'}")
-    metric = _build_metric(args)  # before the output file exists: a metric that cannot be built leaves nothing behind
-    with ResumableCSV(out, ["metric", "ref", "dist", "score"], ["metric", "ref", "dist"], args.stop_after) as cache:
-        todo = [row for row in rows if (args.metric, row["ref"], row["dist"]) not in cache]
-        print(f"{len(rows)} pairs, {len(rows) - len(todo)} already in {out}, {len(todo)} to score", file=sys.stderr)
-        if todo:
-            _score_rows(metric, todo, root, cache, args.metric, _image_reader(args))
-    return 0
-
-
-def _score_rows(metric: Metric, todo: list[dict[str, str]], root: Path, cache: ResumableCSV, name: str,
-                read: Callable[..., torch.Tensor]) -> None:
-    """Score the rows in order, appending each to ``cache`` at once; a reference's features are computed once
-    for consecutive rows that share it."""
-    from tqdm import tqdm
-
-    ref_cache: dict[str, object] = {}
-    for row in tqdm(todo, desc=name, unit="pair"):
-        kwargs = _saliency_kwargs(_path(root, row.get("saliency_ref")), _path(root, row.get("saliency_dist")))
-        dist = read(root / row["dist"])
-        with torch.no_grad():
-            if isinstance(metric, FeatureMetric) and not kwargs:
-                if row["ref"] not in ref_cache:
-                    ref_cache.clear()
-                    ref_cache[row["ref"]] = metric.reference_features(read(root / row["ref"]))
-                value = metric.score_against(dist, ref_cache[row["ref"]])
-            else:
-                value = metric(dist, read(root / row["ref"]), **kwargs)
-        cache.add([name, row["ref"], row["dist"], repr(float(value[0]))])
-        cache.flush()
-
-
-def _path(root: Path, value: str | None) -> str | None:
-    return str(root / value) if value else None
+    source = pairs_from_csv(pairs_path, args.root, _image_reader(args))
+    precision = _precision(args)
+    device = str(local_device(args.device, world_from_env()))
+    if args.backbone or args.comparator or not args.metric:
+        raise ValueError("batch scores registered metrics: give --metric NAME[,NAME] (see `list`; compositions of "
+                         "--backbone and --comparator are for `score`)")
+    names = [n.strip() for n in args.metric.split(",") if n.strip()]
+    # Built before the store exists: a metric that cannot be built leaves nothing behind.
+    scorers = [MetricScorer(_build_metric(args, name, device), name, precision=precision) for name in names]
+    report = score_pairs(scorers, source, out, batch_size=args.batch_size, workers=args.workers,
+                         stop_after=args.stop_after, desc=",".join(names))
+    if not report.is_main:
+        return 0
+    print(report.summary(), file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:

@@ -27,3 +27,20 @@ def test_benchmark_quick(tmp_path):
     assert rows["deepssim"]["weights"] == "pretrained"
     assert rows["deepwsd-vgg"]["weights"] in ("pretrained", "random")  # VGG19 weights exist only where a user has them
     assert (tmp_path / "benchmark_cpu_quick.md").read_text().count("| deep") == 4
+
+
+def test_dataset_mode_writes_loop_engine_and_precision_rows(tmp_path):
+    """--dataset 2,5: a generated rated set, scored by the per-pair loop and the engine in fp32 and fp64 (random
+    weights); fp32 is the reference of the deviations, fp64 deviates a little, both order the levels alike."""
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "benchmark.py"), "--dataset", "2,5", "--size",
+                           "64x48", "--metrics", "deepssim", "--weights", "deepssim=random", "--precisions",
+                           "fp32,fp64", "--nproc", "1", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with open(tmp_path / "dataset_cpu.csv", newline="") as fh:
+        rows = {(row["mode"], row["precision"]): row for row in csv.DictReader(fh)}
+    assert set(rows) == {("per-pair loop", "fp32"), ("engine", "fp32"), ("engine", "fp64")}
+    assert all(int(row["pairs"]) == 10 and float(row["pairs_per_s"]) > 0 for row in rows.values())
+    fp32, fp64 = rows[("engine", "fp32")], rows[("engine", "fp64")]
+    assert float(fp32["max_rel_diff_vs_fp32"]) == 0 and 0 < float(fp64["max_rel_diff_vs_fp32"]) < 1e-5
+    assert -1 <= float(fp32["srcc"]) <= 1 and abs(float(fp64["srcc_change"])) < 1e-9
+    assert (tmp_path / "dataset_cpu.md").read_text().count("| deepssim |") == 3

@@ -87,7 +87,8 @@ def test_batch_stopped_and_resumed_equals_an_uninterrupted_run(tmp_path, example
 
 @pytest.mark.weights("vgg16")
 def test_batch_encodes_each_reference_once(tmp_path, example_dir, monkeypatch):
-    """Four pairs of two references: six backbone passes (4 distorted images + 2 references), not eight."""
+    """Four pairs of two references: six images through the backbone (4 distorted + 2 references), not eight; the two
+    distorted images of a reference go through it as one batch."""
     from deepssim.deepssim import DeepSSIMLite
 
     passes = []
@@ -97,7 +98,7 @@ def test_batch_encodes_each_reference_once(tmp_path, example_dir, monkeypatch):
     pairs = _four_pairs(tmp_path)
     assert main(["batch", "--pairs", str(pairs), "--root", str(example_dir), "--out", str(tmp_path / "s.csv"),
                  *ROOT_ARGS]) == 0
-    assert len(passes) == 6 and len(_rows(tmp_path / "s.csv")) == 4
+    assert sum(shape[0] for shape in passes) == 6 and len(passes) == 4 and len(_rows(tmp_path / "s.csv")) == 4
 
 
 @pytest.mark.weights("vgg16")

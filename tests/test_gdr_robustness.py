@@ -47,13 +47,13 @@ def test_quick_outputs_and_resume(tmp_path):
     before = (out / "scores.csv").read_bytes()
     summary_bytes = (out / "summary.csv").read_bytes()
     second = _run(out)
-    assert "0 groups of 11 to score" in second.stdout
+    assert "; 0 to score (264 already in" in second.stdout
     assert (out / "scores.csv").read_bytes() == before
 
     # A kill while writing leaves the last row cut short: that row is scored again, nothing else.
     (out / "scores.csv").write_bytes(before[: before.rindex(b",") + 4])
     third = _run(out)
-    assert "1 groups of 11 to score" in third.stdout
+    assert "; 1 to score (263 already in" in third.stdout
     again = pd.read_csv(out / "scores.csv").drop_duplicates(KEY, keep="last")
     pd.testing.assert_frame_equal(again.sort_values(KEY, ignore_index=True), scores.sort_values(KEY, ignore_index=True))
     assert (out / "summary.csv").read_bytes() == summary_bytes
