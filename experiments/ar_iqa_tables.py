@@ -37,7 +37,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from iqa_core import list_metrics  # noqa: E402
+from iqa_core import WeightsNotFoundError, list_metrics  # noqa: E402
 from iqa_core.cli import device_argument, engine_arguments, precision_argument, run_main  # noqa: E402
 from iqa_core.datasets import DatasetNotFoundError, load_dataset  # noqa: E402
 from iqa_core.distributed import local_device, world_from_env  # noqa: E402
@@ -82,7 +82,8 @@ def build_metrics(names: str, device: str, precision: str = "fp32") -> dict[str,
     for name, reason in skipped.items():
         print(f"skipped {name}: {reason}", file=sys.stderr)
     if not metrics:
-        raise SystemExit("error: no metric could be built (see the lines above)")
+        raise WeightsNotFoundError("no metric could be built (see the skipped lines above): put the weights in "
+                                   "$IQA_WEIGHTS_DIR or choose --metrics that resolve")
     return {name: MetricScorer(metric, name, precision=precision) for name, metric in metrics.items()}
 
 

@@ -164,7 +164,7 @@ def test_checkpoints_option_and_its_former_name():
     with pytest.warns(DeprecationWarning, match="--weights is deprecated.*use --checkpoints"):
         args = study.parse_args(["--weights", "dinov1=a.pth"])
     assert args.checkpoints == "dinov1=a.pth"
-    with pytest.raises(SystemExit, match="--checkpoints expects BACKBONE=PATH"):
+    with pytest.raises(ValueError, match="--checkpoints expects BACKBONE=PATH"):  # one line, exit 2 via run_main
         study.parse_checkpoints("dinov1")
 
 
