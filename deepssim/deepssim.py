@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from iqa_core.comparators import Comparator, as_channel_map, register_comparator
+from iqa_core.comparators import Comparator, as_channel_map, mean_of, register_comparator
 from iqa_core.deep_features import Preset, PresetMetric
 from iqa_core.metric import register_metric
 from iqa_core.validation import check_mask
@@ -105,16 +105,14 @@ class GramBlockComparator(Comparator):
         return [g / (g.shape[-1] * n) for g, n in zip(sums, positions, strict=True)]
 
     def prepare(self, taps: list[torch.Tensor]) -> list[torch.Tensor]:
-        maps = [as_channel_map(t).unsqueeze(-1) for t in taps]
-        return [gram_matrix(m, normalize=self.normalize_gram) for m in maps]
+        return self.finish(self.partial_sums(taps), [as_channel_map(t).shape[-1] for t in taps])
 
     def block_map(self, dist: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
         """(B, C/4, C/4) block similarities of the first tap (the map whose mean is DeepSSIM)."""
         return gram_block_similarity(dist[0], ref[0])
 
     def compare(self, dist: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
-        scores = [gram_block_similarity(d, r).mean(dim=(1, 2)) for d, r in zip(dist, ref, strict=True)]
-        return scores[0] if len(scores) == 1 else torch.stack(scores).mean(0)
+        return mean_of([gram_block_similarity(d, r).mean(dim=(1, 2)) for d, r in zip(dist, ref, strict=True)])
 
 
 @register_comparator("gram-ssim-lite", "DeepSSIM-Lite: 1 - one structure term over each normalised Gram matrix")
@@ -126,8 +124,7 @@ class GramGlobalComparator(GramBlockComparator):
     normalize_gram = True
 
     def compare(self, dist: list[torch.Tensor], ref: list[torch.Tensor]) -> torch.Tensor:
-        losses = [1 - gram_structure_similarity(d, r) for d, r in zip(dist, ref, strict=True)]
-        return losses[0] if len(losses) == 1 else torch.stack(losses).mean(0)
+        return mean_of([1 - gram_structure_similarity(d, r) for d, r in zip(dist, ref, strict=True)])
 
 
 #: The presets: VGG16 relu5_1 of the ImageNet-normalised image at native resolution (step 1 of the module doc)

@@ -262,7 +262,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         if args.verbose and i.preset is not None:
             d = i.preset.describe()
             taps = ",".join(d["taps"]) if isinstance(d["taps"], list) else d["taps"]
-            options = {k: v for k, v in {**d["backbone_options"], **d["comparator_options"]}.items()}
+            options = {**d["backbone_options"], **d["comparator_options"]}
             print(f"{'':{width}s}    backbone {d['backbone']}  taps {taps}  comparator {d['comparator']}  "
                   f"output {d['output']}" + (f"  options {options}" if options else ""))
     return 0

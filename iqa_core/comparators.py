@@ -33,7 +33,8 @@ from iqa_core.backbones import TapRequirement
 from iqa_core.registry import Registry
 
 __all__ = ["Comparator", "ComparatorInfo", "register_comparator", "create_comparator", "list_comparators",
-           "comparator_info", "as_channel_map", "unit_normalize", "unit_channel_maps", "UnitL2", "CosineChannel"]
+           "comparator_info", "mean_of", "as_channel_map", "unit_normalize", "unit_channel_maps", "UnitL2",
+           "CosineChannel"]
 
 class Comparator(nn.Module):
     """Base class. ``prepare`` maps one image's taps to what ``compare`` needs (it can be computed once for a
@@ -112,6 +113,12 @@ def comparator_info(name: str) -> ComparatorInfo:
 
 def create_comparator(name: str, **kwargs: Any) -> Comparator:
     return comparator_info(name).factory(**kwargs)
+
+
+def mean_of(scores: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The mean of per-image score tensors (over taps or windows); one tensor is returned as it is (a mean of one
+    value is that value, without the stack)."""
+    return scores[0] if len(scores) == 1 else torch.stack(list(scores)).mean(0)
 
 
 def as_channel_map(tap: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from iqa_core.backbones import TapBackbone, create_backbone
-from iqa_core.comparators import Comparator, comparator_info, create_comparator
+from iqa_core.comparators import Comparator, comparator_info, create_comparator, mean_of
 from iqa_core.metric import FeatureMetric, register_metric
 from iqa_core.validation import IQAInputError, check_image
 from iqa_core.weights import WeightsSource
@@ -131,7 +131,7 @@ class DeepFeatureMetric(FeatureMetric):
         if not self.comparator.additive or self.backbone.window is not None or len(self.tap_names) != 1:
             raise ValueError(f"tile= needs a comparator summed over positions ({self.comparator.name!r} is not) on "
                              "one tap of a backbone without windows")
-        stride, self._halo = self.backbone.tile_geometry(self.tap_names[0])
+        stride, _ = self.backbone.tile_geometry(self.tap_names[0])
         if tile < stride or tile % stride:
             raise ValueError(f"tile must be a positive multiple of {stride} pixels, got {tile}")
         return tile
@@ -184,8 +184,7 @@ class DeepFeatureMetric(FeatureMetric):
             raise IQAInputError("the distorted image and the reference give different numbers of windows; "
                                 "windowed backbones need images of the same size")
         compare = self.comparator.compare_loss if loss else self.comparator.compare
-        scores = [compare(d, r) for d, r in zip(dist_features, ref_features, strict=True)]
-        return scores[0] if len(scores) == 1 else torch.stack(scores).mean(0)
+        return mean_of([compare(d, r) for d, r in zip(dist_features, ref_features, strict=True)])
 
     def compare(self, dist_features: list[Any], ref_features: list[Any]) -> torch.Tensor:
         return self._per_window(dist_features, ref_features, loss=self.output == "loss")
@@ -336,7 +335,7 @@ class TapGrid(nn.Module):
                     raise
                 errors[cell] = str(err).splitlines()[0]
                 continue
-            scores[cell] = per_window[0] if len(per_window) == 1 else torch.stack(per_window).mean(0)
+            scores[cell] = mean_of(per_window)
         return scores
 
     def score_outputs(self, dist_outs: list[dict[str, torch.Tensor]], ref_outs: list[dict[str, torch.Tensor]]

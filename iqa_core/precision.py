@@ -7,8 +7,8 @@
 - ``tf32``: float32 with TF32 convolutions and matmuls allowed (GPU only; on the CPU it equals fp32).
 - ``bf16`` / ``fp16``: the backbone's forward under ``torch.autocast`` with that dtype, its outputs cast back to
   float32, so the metric's own statistics (Gram matrices, distances, block statistics) stay in float32 with TF32 off.
-  The backbone is the metric's ``backbone`` module, which every deep metric of the registry has; a metric that
-  computes without it (DeepSSIM-SC's saliency mask runs the layers one by one) is refused (:func:`check_autocast_used`).
+  The backbone is the metric's ``backbone`` module, which every deep metric of the registry has (DeepSSIM-SC's
+  saliency mask goes through it too); a metric whose scoring does not call it is refused (:func:`check_autocast_used`).
 
 The measured deviation of each mode from fp32 is in the README ("Scoring datasets at scale").
 """
