@@ -28,6 +28,7 @@ What it does:
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -58,7 +59,10 @@ from iqa_core.validation import IQAInputError, check_pair
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Pair", "Group", "PairSource", "group_by_reference", "Scorer", "MetricScorer", "RunReport", "Plan",
+    from iqa_core.deep_features import TapGrid
+
+__all__ = ["Pair", "Group", "PairSource", "group_by_reference", "Scorer", "MetricScorer", "GridScorer", "RunReport",
+           "Plan",
            "score_pairs", "pairs_from_csv", "pairs_from_records", "read_pairs", "current_scores", "root_relative"]
 
 #: What a pair that cannot be scored raises while its images are read or checked: it goes to the errors table.
@@ -209,8 +213,9 @@ class Scorer:
 
     Subclasses set :attr:`keys`, :attr:`min_size`, :attr:`requires_same_size`, :attr:`device` and implement
     :meth:`encode` (a reference, once per group) and :meth:`score` (a batch of distorted images of one size against
-    it: one (B,) tensor per key). A TapGrid (every tap x comparator cell of one backbone) is a scorer with one key per
-    cell: ``encode`` runs ``grid.prepare(grid.tap_outputs(ref))``, ``score`` runs ``grid.score_prepared`` once.
+    it: per key a (B,) tensor, or a string saying why that output cannot be scored for this batch, which sends the
+    batch's pairs of that key to the errors table). :class:`GridScorer` is the scorer of a TapGrid (every tap x
+    comparator cell of one backbone), one key per cell.
     """
 
     keys: tuple[MetricKey, ...] = ()
@@ -222,7 +227,7 @@ class Scorer:
     def encode(self, ref: torch.Tensor) -> Any:
         raise NotImplementedError
 
-    def score(self, dists: torch.Tensor, ref: torch.Tensor, encoded: Any) -> list[torch.Tensor]:
+    def score(self, dists: torch.Tensor, ref: torch.Tensor, encoded: Any) -> list[torch.Tensor | str]:
         raise NotImplementedError
 
     def score_with(self, dist: torch.Tensor, ref: torch.Tensor, extras: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -270,6 +275,60 @@ class MetricScorer(Scorer):
         out = self.metric(dist, ref, **extras)
         self._check_autocast()
         return [out]
+
+
+def _cell_digest(backbone_digest: str, comparator: torch.nn.Module) -> str:
+    """A cell's weights: the backbone's digest, combined with the comparator's where it has weights (LPIPS heads)."""
+    own = weights_digest(comparator)
+    if own == "-":
+        return backbone_digest
+    return hashlib.sha256(f"{backbone_digest}|{own}".encode()).hexdigest()[:16]
+
+
+class GridScorer(Scorer):
+    """Every cell of a :class:`~iqa_core.deep_features.TapGrid` from one backbone pass per image: one store key per
+    (tap, comparator) cell, named ``<name>/<tap>/<comparator>`` (``name``: default the backbone's), with ``options``
+    and the grid's ``stride`` (when set) in its options and the backbone's (and comparator's) weights digest.
+
+    ``encode`` prepares the reference's taps for every cell once; ``score`` runs the backbone once on the batch and
+    every cell's comparator. A cell whose comparator refuses an image's taps (a tap too small for its windows) sends
+    that cell of those pairs to the errors table, with the reason; the other cells are scored. :attr:`cells` lists
+    the cells in the order of :attr:`keys`."""
+
+    def __init__(self, grid: TapGrid, name: str | None = None, options: dict[str, Any] | None = None,
+                 precision: str = DEFAULT_PRECISION) -> None:
+        digest = weights_digest(grid.backbone)  # of the weights as built, before a float64 conversion
+        self.grid = apply_precision(grid.eval(), precision)
+        self.name = name or grid.backbone.name
+        self.precision = precision
+        self.cells = list(grid.cells)
+        options = {**({"stride": grid.stride} if grid.stride is not None else {}), **(options or {})}
+        self.keys = tuple(MetricKey(f"{self.name}/{tap}/{comparator}", options_text(options),
+                                    _cell_digest(digest, grid.cells[(tap, comparator)]), precision)
+                          for tap, comparator in self.cells)
+        self.min_size = grid.min_size
+        self.requires_same_size = grid.backbone.window is not None or any(
+            c.requires_same_size for c in grid.cells.values())
+        anchor = next(iter(grid.backbone.parameters()), None)
+        self.device = anchor.device if anchor is not None else torch.device("cpu")
+        self._checked = precision not in ("bf16", "fp16")
+
+    def cell_of(self, key: MetricKey) -> tuple[str, str]:
+        """The (tap, comparator) cell of one of :attr:`keys`."""
+        return self.cells[self.keys.index(key)]
+
+    def encode(self, ref: torch.Tensor) -> tuple[dict[tuple[str, str], list[Any]], dict[tuple[str, str], str]]:
+        refused: dict[tuple[str, str], str] = {}
+        return self.grid.prepare(self.grid.tap_outputs(ref, "ref"), refused), refused
+
+    def score(self, dists: torch.Tensor, ref: torch.Tensor, encoded: Any) -> list[torch.Tensor | str]:
+        prepared, refused = encoded
+        errors = {cell: f"reference: {reason}" for cell, reason in refused.items()}
+        scores = self.grid.score_prepared(self.grid.tap_outputs(dists, "dist"), prepared, errors)
+        if not self._checked:
+            check_autocast_used(self.grid, self.precision)
+            self._checked = True
+        return [scores[cell] if cell in scores else errors.get(cell, "not scored") for cell in self.cells]
 
 
 # ------------------------------------------------------------------------------------------------------ units
@@ -353,7 +412,8 @@ class UnitImages(Dataset):
 
 @dataclass
 class Plan:
-    """What a run has to do: ``pairs`` x ``outputs`` jobs, ``cached`` of them already in the store."""
+    """What a run has to do: ``pairs`` x ``outputs`` (store keys: one per metric, one per grid cell) scores,
+    ``cached`` of them already in the store."""
 
     pairs: int
     outputs: int
@@ -401,12 +461,18 @@ class _Counters:
     refs: dict[int, _RefCache] = field(default_factory=dict)
 
 
-def _todo(scorer: Scorer, pairs: Sequence[Pair], store: ScoreStore, extra: ScoreStore | None) -> list[bool]:
-    """For each pair: whether one of the scorer's outputs is missing from the store(s)."""
+def _missing(scorer: Scorer, pairs: Sequence[Pair], store: ScoreStore, extra: ScoreStore | None
+             ) -> list[list[bool]]:
+    """For each pair, for each of the scorer's outputs (keys): whether it is missing from the store(s)."""
     def done(key: MetricKey, pair: Pair) -> bool:
         return store.has(key, pair.key) or (extra is not None and extra.has(key, pair.key))
 
-    return [not all(done(k, p) for k in scorer.keys) for p in pairs]
+    return [[not done(k, p) for k in scorer.keys] for p in pairs]
+
+
+def _todo(scorer: Scorer, pairs: Sequence[Pair], store: ScoreStore, extra: ScoreStore | None) -> list[bool]:
+    """For each pair: whether one of the scorer's outputs is missing from the store(s)."""
+    return [any(keys) for keys in _missing(scorer, pairs, store, extra)]
 
 
 def _size_batches(indices: Sequence[int], dists: Sequence[torch.Tensor]) -> list[list[int]]:
@@ -447,18 +513,23 @@ def _checked_pairs(scorer: Scorer, loaded: LoadedUnit) -> tuple[list[int], dict[
     return good, bad
 
 
+def _values(outs: Sequence[torch.Tensor | str], k: int) -> list[float | str]:
+    """Pair ``k``'s value of each output: a float, or the reason (a string) the output refused the batch."""
+    return [o if isinstance(o, str) else float(o[k]) for o in outs]
+
+
 def _score_indices(scorer: Scorer, loaded: LoadedUnit, indices: list[int], encoded: Any
-                   ) -> tuple[dict[int, list[float]], dict[int, str]]:
+                   ) -> tuple[dict[int, list[float | str]], dict[int, str]]:
     """Scores of the pairs ``indices`` (one size), as one batch; pairs a batch refuses are tried one at a time."""
     ref = loaded.ref.to(scorer.device, non_blocking=True)
     extras = [i for i in indices if loaded.extras[i] is not None]
     plain = [i for i in indices if loaded.extras[i] is None]
-    scores: dict[int, list[float]] = {}
+    scores: dict[int, list[float | str]] = {}
     errors: dict[int, str] = {}
     for i in extras:
         try:
             extra = {k: v.to(scorer.device, non_blocking=True) for k, v in loaded.extras[i].items()}
-            scores[i] = [float(v[0]) for v in scorer.score_with(loaded.dists[i].to(scorer.device), ref, extra)]
+            scores[i] = _values(scorer.score_with(loaded.dists[i].to(scorer.device), ref, extra), 0)
         except IQAInputError as err:
             errors[i] = _reason(err)
     if not plain:
@@ -466,11 +537,11 @@ def _score_indices(scorer: Scorer, loaded: LoadedUnit, indices: list[int], encod
     batch = torch.cat([loaded.dists[i] for i in plain]).to(scorer.device, non_blocking=True)
     try:
         outs = scorer.score(batch, ref, encoded)
-        scores.update({i: [float(o[k]) for o in outs] for k, i in enumerate(plain)})
+        scores.update({i: _values(outs, k) for k, i in enumerate(plain)})
     except IQAInputError:
         for k, i in enumerate(plain):
             try:
-                scores[i] = [float(o[0]) for o in scorer.score(batch[k:k + 1], ref, encoded)]
+                scores[i] = _values(scorer.score(batch[k:k + 1], ref, encoded), 0)
             except IQAInputError as err:
                 errors[i] = _reason(err)
     return scores, errors
@@ -478,11 +549,11 @@ def _score_indices(scorer: Scorer, loaded: LoadedUnit, indices: list[int], encod
 
 def _score_unit(scorers: Sequence[Scorer], loaded: LoadedUnit, unit: Unit, writer: ScoreStore,
                 main: ScoreStore | None, counters: _Counters) -> int:
-    """Score one unit with every scorer that misses some of its pairs; returns the jobs resolved."""
+    """Score one unit with every scorer that misses some of its outputs; returns the (scorer, pair) jobs done."""
     resolved = 0
     for s, scorer in enumerate(scorers):
-        todo = _todo(scorer, unit.pairs, writer, main)
-        if not any(todo):
+        missing = _missing(scorer, unit.pairs, writer, main)
+        if not any(any(keys) for keys in missing):
             continue
         with precision_scope(scorer.precision), torch.inference_mode():
             cache = counters.refs[s] = _encode_reference(scorer, loaded, unit.group, counters.refs.get(s, _RefCache()))
@@ -496,17 +567,19 @@ def _score_unit(scorers: Sequence[Scorer], loaded: LoadedUnit, unit: Unit, write
                     scores.update(got)
                     errors.update(failed)
         for i, pair in enumerate(unit.pairs):
-            if not todo[i]:
+            if not any(missing[i]):
                 continue
             resolved += 1
-            if i in errors:
-                counters.failed += 1
-                for key in scorer.keys:
-                    writer.add_error(key, pair.row, pair.key, errors[i])
-                continue
-            counters.scored += 1
-            for key, value in zip(scorer.keys, scores[i], strict=True):
-                writer.add_score(key, pair.key, value)
+            values = scores.get(i) or [errors[i]] * len(scorer.keys)
+            for key, value, todo in zip(scorer.keys, values, missing[i], strict=True):
+                if not todo:
+                    continue
+                if isinstance(value, str):
+                    counters.failed += 1
+                    writer.add_error(key, pair.row, pair.key, value)
+                else:
+                    counters.scored += 1
+                    writer.add_score(key, pair.key, value)
     return resolved
 
 
@@ -521,20 +594,21 @@ def _merge_shards(store: ScoreStore) -> int:
 
 
 def _plan_counts(scorers: Sequence[Scorer], source: PairSource, units: Sequence[Unit], store: ScoreStore
-                 ) -> tuple[int, list[int]]:
-    """Jobs already in the store, and the jobs to do per group."""
+                 ) -> tuple[int, int, list[int]]:
+    """Outputs already in the store, outputs to score, and the (scorer, pair) jobs to do per group."""
     per_group = [0] * len(source.groups)
     todo = 0
     for unit in units:
-        n = sum(sum(_todo(s, unit.pairs, store, None)) for s in scorers)
-        per_group[unit.group] += n
-        todo += n
-    outputs = len(scorers)
-    return len(source) * outputs - todo, per_group
+        for scorer in scorers:
+            missing = _missing(scorer, unit.pairs, store, None)
+            per_group[unit.group] += sum(any(keys) for keys in missing)
+            todo += sum(sum(keys) for keys in missing)
+    outputs = sum(len(s.keys) for s in scorers)
+    return len(source) * outputs - todo, todo, per_group
 
 
 def _announce_default(plan: Plan) -> None:
-    what = f"{plan.pairs} pairs" + (f" x {plan.outputs} metrics" if plan.outputs > 1 else "")
+    what = f"{plan.pairs} pairs" + (f" x {plan.outputs} outputs" if plan.outputs > 1 else "")
     ranks = f" on {plan.world_size} processes" if plan.world_size > 1 else ""
     print(f"{what}, {plan.cached} already in {plan.out}, {plan.todo} to score{ranks}", file=sys.stderr)
 
@@ -554,8 +628,8 @@ def score_pairs(scorers: Sequence[Scorer], source: PairSource, out: str | os.Pat
     units = cut_units(source, batch_size)
     main = _open_main_store(out, source, world, stop_after)
     try:
-        cached, per_group = _plan_counts(scorers, source, units, main)
-        plan = Plan(len(source), len(scorers), cached, sum(per_group), out, world.size)
+        cached, todo, per_group = _plan_counts(scorers, source, units, main)
+        plan = Plan(len(source), sum(len(s.keys) for s in scorers), cached, todo, out, world.size)
         owners = broadcast(world, assign_groups(per_group, world.size))
         if announce is not None and world.is_main:
             announce(plan)

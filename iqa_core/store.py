@@ -57,12 +57,12 @@ def options_text(options: Mapping[str, Any] | None) -> str:
 
 
 def weights_digest(module: torch.nn.Module) -> str:
-    """16 hex digits of the sha256 of the module's state dict (names, dtypes, shapes and bytes of every parameter
-    and buffer): pretrained, random, formula or fine-tuned weights each get their own. ``-`` for a module with no
-    state (PSNR). Cached per module."""
+    """16 hex digits of the sha256 of the module's parameters and buffers (names, dtypes, shapes and bytes; buffers
+    left out of the state dict too, such as LPIPS heads loaded at bind time): pretrained, random, formula or
+    fine-tuned weights each get their own. ``-`` for a module with no state (PSNR). Cached per module."""
     if module in _DIGESTS:
         return _DIGESTS[module]
-    state = module.state_dict()
+    state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
     if not state:
         return "-"
     digest = hashlib.sha256()

@@ -161,6 +161,77 @@ def test_a_multi_output_scorer_writes_one_row_per_output(tmp_path, monkeypatch):
         assert_close(got, per_pair_loop(metric, pairs), 1e-5)
 
 
+def _grid(taps=("relu1", "relu3", "relu5"), comparators=("unit-l2", "deepwsd"), stride=None):
+    from iqa_core.backbones import create_backbone
+    from iqa_core.deep_features import TapGrid
+
+    torch.manual_seed(0)
+    return TapGrid(create_backbone("alexnet", weights="random"), list(taps), list(comparators), stride=stride).eval()
+
+
+def test_a_grid_scores_every_cell_as_its_own_metric_from_one_pass(tmp_path):
+    """GridScorer: one store key per (tap, comparator) cell. Pair by pair (batch_size=1) each cell gives exactly
+    DeepFeatureMetric(backbone, comparator, taps=[tap]); in batches of 3 the float32 convolutions of a batch differ
+    in the last bits, which DeepWSD on AlexNet's 5x5 relu5 tap amplifies to 1.5e-5 (measured): 5e-5 is allowed."""
+    from iqa_core.deep_features import DeepFeatureMetric
+    from iqa_core.engine import GridScorer
+
+    pairs = write_set(tmp_path / "set", refs=2, dists=3, size=96)
+    grid = _grid()
+    source = pairs_from_csv(pairs)
+    runs = {}
+    for batch_size in (1, 3):
+        scorer = GridScorer(grid, options={"study": "x"})
+        out = tmp_path / f"b{batch_size}.csv"
+        report = score_pairs([scorer], source, out, batch_size=batch_size, workers=0, progress=False, announce=None)
+        assert report.plan.outputs == 6 and report.scored == 6 * 6 and report.failed == 0
+        runs[batch_size] = current_scores(out, [scorer], source)
+    assert [k.metric for k in scorer.keys] == [f"alexnet/{t}/{c}" for t in ("relu1", "relu3", "relu5")
+                                               for c in ("unit-l2", "deepwsd")]
+    assert {k.options for k in scorer.keys} == {'{"study":"x"}'}
+    folder = pairs.parent
+    with torch.no_grad():
+        for key in scorer.keys:
+            tap, comparator = scorer.cell_of(key)
+            metric = DeepFeatureMetric(grid.backbone, comparator, taps=[tap]).eval()
+            expected = {r["dist"]: float(metric(load_image(folder / r["dist"]), load_image(folder / r["ref"]))[0])
+                        for r in rows(pairs)}
+            for batch_size, tolerance in ((1, 1e-7), (3, 5e-5)):
+                part = runs[batch_size][runs[batch_size].metric == key.metric]
+                assert_close(dict(zip(part["dist"], part.score, strict=True)), expected, tolerance)
+
+
+def test_a_cell_that_refuses_small_taps_goes_to_the_errors_table_alone(tmp_path):
+    """At 64 px AlexNet's relu3 and relu5 are 3x3: DeepWSD's 8x8 windows refuse them. Those two cells of every pair
+    go to the errors table with the reason; the four other cells are scored; a rerun tries only the refused ones."""
+    from iqa_core.engine import GridScorer
+
+    pairs = write_set(tmp_path / "set", refs=1, dists=2, size=64)
+    out = tmp_path / "s.csv"
+    report = score_pairs([GridScorer(_grid())], pairs_from_csv(pairs), out, batch_size=2, progress=False,
+                         announce=None)
+    assert report.scored == 4 * 2 and report.failed == 2 * 2
+    errors = rows(errors_path(out))
+    assert {e["metric"] for e in errors} == {"alexnet/relu3/deepwsd", "alexnet/relu5/deepwsd"}
+    assert all(e["reason"].startswith("reference: a tap of shape") and "8x8-window" in e["reason"] for e in errors)
+    again = score_pairs([GridScorer(_grid())], pairs_from_csv(pairs), out, batch_size=2, progress=False,
+                        announce=None)
+    assert again.plan.cached == 8 and again.plan.todo == 4 and again.scored == 0 and again.failed == 4
+
+
+def test_a_grid_key_holds_stride_and_comparator_weights(tmp_path):
+    """The stride changes windowed scores: it is in the cell's options. A cell with weights of its own (LPIPS heads)
+    gets a digest of backbone and heads; a plain comparator's cell has the backbone's digest."""
+    from iqa_core.engine import GridScorer
+    from iqa_core.store import weights_digest
+
+    grid = _grid(taps=("relu1",), comparators=("unit-l2", "lpips"), stride=100)
+    scorer = GridScorer(grid)
+    plain, heads = scorer.keys
+    assert plain.options == heads.options == '{"stride":100}'
+    assert plain.weights == weights_digest(grid.backbone) != heads.weights
+
+
 # ------------------------------------------------------------------------------------------------ store rules
 
 def _batch(pairs: Path, out: Path, *extra: str) -> int:
