@@ -27,19 +27,21 @@ on this machine, normalised as 1 / (1 + log10(c / c_min)); merit = weighted geom
 
 Outputs in results/dps_analysis/: grid.csv, ranking.{csv,md,tex}, heatmap_<backbone>.png (+ .csv),
 top1_vs_accuracy.png (+ .csv), outliers.png, outliers.csv, hf_energy.csv, hf_disagreement.png (+
-hf_correlation.csv; every cell in hf_correlation_all.csv), skipped.csv, summary.md; scores.csv and cost.csv are the
-per-pair and per-cell caches (a rerun skips what is there, so an interrupted run resumes).
+hf_correlation.csv; every cell in hf_correlation_all.csv), skipped.csv, summary.md; scores.csv is the engine's store
+(iqa_core.engine: one row per (backbone/tap/comparator cell, pair), keyed by weights, precision, the settings that
+change the pixels and the files' identity; cells that refuse a pair in scores.errors.csv) and cost.csv the per-cell
+timings: a rerun skips what is there, so an interrupted run resumes, and other settings are scored anew. Under
+``torchrun --standalone --nproc_per_node=N experiments/dps_analysis.py ...`` the references are shared out among the
+processes; rank 0 measures the costs and writes the analysis.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -60,15 +62,33 @@ sys.path.insert(0, str(ROOT))
 
 import dps  # noqa: E402
 from iqa_core.backbones import backbone_info, create_backbone, list_backbones  # noqa: E402
-from iqa_core.cli import RenamedOption, device_argument, run_main, warn_renamed_options  # noqa: E402
+from iqa_core.cli import (  # noqa: E402
+    RenamedOption,
+    device_argument,
+    engine_arguments,
+    run_main,
+    warn_renamed_options,
+)
 from iqa_core.comparators import comparator_info, list_comparators  # noqa: E402
 from iqa_core.deep_features import TapGrid  # noqa: E402
 from iqa_core.distortions import distort  # noqa: E402
+from iqa_core.distributed import local_device, world_from_env  # noqa: E402
+from iqa_core.engine import (  # noqa: E402
+    GridScorer,
+    PairSource,
+    Plan,
+    current_errors,
+    current_scores,
+    group_by_reference,
+    score_pairs,
+)
+from iqa_core.engine import Pair as EnginePair  # noqa: E402
 from iqa_core.io import load_image  # noqa: E402
 from iqa_core.report import markdown_table  # noqa: E402
 from iqa_core.resumable_csv import ResumableCSV, StopRequested  # noqa: E402
-from iqa_core.samples import load_samples, shrink  # noqa: E402
+from iqa_core.samples import load_samples, sample_images, shrink  # noqa: E402
 from iqa_core.stats import bootstrap_ci, spearman  # noqa: E402
+from iqa_core.store import file_identity  # noqa: E402
 from iqa_core.weights import WeightsNotFoundError  # noqa: E402
 
 DEFAULT_COMPARATORS = ["unit-l2", "lpips", "cos-channel", "gram-ssim", "deepwsd", "deepjsd", "deepskld",
@@ -102,7 +122,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--factor-weights", default="", help="weights of the factors in the merit, e.g. accuracy=0.4,"
                    "robustness=0.2,monotonicity=0.2,cost=0.2 (the defaults; unnamed factors keep theirs)")
     p.add_argument("--weights", dest="factor_weights", action=RenamedOption, new_name="--factor-weights")
-    p.add_argument("--batch", type=int, default=12, help="distorted images per backbone pass")
+    p.add_argument("--batch", dest="batch_size", type=int, action=RenamedOption, new_name="--batch-size")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats per cell (after one warm-up)")
     p.add_argument("--best", type=int, default=3, help="cells (by merit) in the outlier study")
     p.add_argument("--gallery", type=int, default=6, help="outlier pairs shown in outliers.png")
@@ -113,6 +133,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "interrupted (a rerun resumes); splits a long run over several sessions")
     p.add_argument("--quick", action="store_true", help="backbone alexnet, taps relu1,relu3,relu5, comparators "
                    "unit-l2,gram-ssim, 2 images, 2 distortions, 128 px")
+    engine_arguments(p)
     args = p.parse_args(argv)
     warn_renamed_options(args)
     if args.quick:  # the quick form, where the command line kept the defaults
@@ -168,7 +189,7 @@ class SampleSource:
         pairs += [Pair(f"{img}|{d}|{min(levels)}|{m}", img, d, float(min(levels)), m)
                   for img in self.refs for d in distortions for m in misalignments]
         self.pairs = pairs
-        self._dist: dict[str, torch.Tensor] = {}
+        self.files_of = {path.stem: file_identity(path) for path in sample_images()}
         sizes = sorted({f"{x.shape[-1]}x{x.shape[-2]}" for x in self.refs.values()})
         self.description = (f"{len(self.refs)} bundled images ({', '.join(self.refs)}; {', '.join(sizes)} px), "
                             f"{len(distortions)} distortion types ({', '.join(distortions)}) at levels "
@@ -179,10 +200,12 @@ class SampleSource:
         return self.refs[name]
 
     def distorted(self, pair: Pair) -> torch.Tensor:
-        if pair.key not in self._dist:  # kept for the next backbone (a few MiB at this size)
-            base = distort(pair.distortion, self.refs[pair.ref], int(pair.level), seed=self.seed)
-            self._dist[pair.key] = dps.misalign(base, pair.misalign)
-        return self._dist[pair.key]
+        base = distort(pair.distortion, self.refs[pair.ref], int(pair.level), seed=self.seed)
+        return dps.misalign(base, pair.misalign)
+
+    def files(self, pair: Pair) -> str:
+        """The identity of the pair's files (iqa_core.store.file_identity): the bundled image's."""
+        return self.files_of.get(pair.ref, "")
 
 
 class DatasetSource:
@@ -233,30 +256,13 @@ class DatasetSource:
     def distorted(self, pair: Pair) -> torch.Tensor:
         return dps.misalign(shrink(load_image(pair.dist_path), self.max_side), pair.misalign)
 
+    def files(self, pair: Pair) -> str:
+        return f"{file_identity(self.ref_paths[pair.ref])} {file_identity(pair.dist_path)}"
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Caches
 # ---------------------------------------------------------------------------------------------------------------
-
-class ScoreCache(ResumableCSV):
-    """scores.csv: one row per (backbone, tap, comparator, pair), appended as pairs are scored; a rerun scores only
-    the pairs that miss a cell (iqa_core.resumable_csv: a row cut short by an interruption is scored again)."""
-
-    COLUMNS = ["backbone", "tap", "comparator", "pair", "score"]
-
-    def __init__(self, path: Path, stop_after: int | None = None) -> None:
-        super().__init__(path, self.COLUMNS, self.COLUMNS[:4], stop_after)
-
-    def complete(self, backbone: str, cells: list[tuple[str, str]], pair: str) -> bool:
-        return all((backbone, tap, comp, pair) in self.rows for tap, comp in cells)
-
-    def add_score(self, backbone: str, cell: tuple[str, str], pair: str, score: float) -> None:
-        self.add([backbone, *cell, pair, repr(score)])
-
-    def frame(self) -> pd.DataFrame:
-        frame = pd.DataFrame(list(self.rows.values()), columns=self.COLUMNS)
-        return frame.assign(score=pd.to_numeric(frame.score, errors="coerce")).dropna(subset=["score"])
-
 
 COST_COLUMNS = ["backbone", "tap", "comparator", "cost_ms", "backbone_ms", "compare_ms", "peak_mib", "device"]
 COST_KEY = ["backbone", "tap", "comparator", "device"]
@@ -281,19 +287,6 @@ def cached_costs(path: Path, backbone: str, grid: TapGrid, device: str, repeats:
     return known
 
 
-def check_settings(out: Path, args: argparse.Namespace) -> None:
-    """Scores are keyed by pair name; the settings that change a pair's pixels are recorded in run.json and must
-    match on a rerun into the same folder."""
-    settings = {"dataset": args.dataset, "root": args.root, "max_side": args.max_side, "seed": args.seed}
-    path = out / "run.json"
-    if path.is_file():
-        before = json.loads(path.read_text())
-        if before != settings:
-            raise SystemExit(f"error: {out} holds results made with {before}, this run uses {settings}; "
-                             "use another --out or delete that folder")
-    path.write_text(json.dumps(settings, indent=1) + "\n")
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Scoring
 # ---------------------------------------------------------------------------------------------------------------
@@ -307,58 +300,65 @@ def fit_window(x: torch.Tensor, window: int | None) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
 
 
-def _chunks(pairs: list[Pair], source: Any, size: int) -> Iterator[tuple[list[Pair], torch.Tensor]]:
-    """Consecutive pairs of equal image size, at most ``size`` at a time, with their distorted images stacked."""
-    batch: list[Pair] = []
-    images: list[torch.Tensor] = []
-    for pair in pairs:
-        image = source.distorted(pair)
-        if batch and (len(batch) == size or image.shape != images[0].shape):
-            yield batch, torch.cat(images)
-            batch, images = [], []
-        batch.append(pair)
-        images.append(image)
-    if batch:
-        yield batch, torch.cat(images)
+class GridImages:
+    """The pair source's loaders (run in the engine's DataLoader workers): the mode's reference and distorted images,
+    upscaled to a windowed backbone's window (:func:`fit_window`)."""
+
+    def __init__(self, source: Any, window: int | None) -> None:
+        self.source, self.window = source, window
+
+    def reference(self, name: str) -> torch.Tensor:
+        return fit_window(self.source.reference(name), self.window)
+
+    def distorted(self, pair: Pair, ref: torch.Tensor) -> torch.Tensor:
+        return fit_window(self.source.distorted(pair), self.window)
 
 
-def score_backbone(name: str, grid: TapGrid, source: Any, cache: ScoreCache, args: argparse.Namespace) -> None:
-    """Score every pair not yet in the cache: the reference's taps once per reference, the distorted images in
-    batches, every cell from one backbone pass."""
-    cells = list(grid.cells)
-    by_ref: dict[str, list[Pair]] = {}
-    for pair in source.pairs:
-        if not cache.complete(name, cells, pair.key):
-            by_ref.setdefault(pair.ref, []).append(pair)
-    todo = sum(len(v) for v in by_ref.values())
-    print(f"{name}: {len(cells)} cells ({len(grid.tap_names)} taps x comparators, {len(grid.skipped)} skipped); "
-          f"{todo} of {len(source.pairs)} pairs to score")
-    window = grid.backbone.window
-    errors: dict[tuple[str, str], str] = {}
-    with torch.no_grad(), tqdm(total=todo, desc=name) as bar:
-        for ref_name, pairs in by_ref.items():
-            ref = fit_window(source.reference(ref_name), window).to(args.device)
-            ref_prepared = grid.prepare(grid.tap_outputs(ref), errors)
-            for batch, images in _chunks(pairs, source, args.batch):
-                scores = grid.score_prepared(grid.tap_outputs(fit_window(images, window).to(args.device)),
-                                            ref_prepared, errors)
-                for cell, values in scores.items():
-                    for pair, value in zip(batch, values.tolist(), strict=True):
-                        cache.add_score(name, cell, pair.key, float(value))
-                cache.flush()
-                bar.update(len(batch))
-                drop_failed_cells(grid, ref_prepared, errors)
+PAIR_COLUMNS = ("pair", "setup", "files")  # the pair key of scores.csv (iqa_core.store)
 
 
-def drop_failed_cells(grid: TapGrid, ref_prepared: dict, errors: dict[tuple[str, str], str]) -> None:
-    """A cell that refused an image (a tap too small for its comparator) is skipped for the whole backbone: it is
-    moved from ``grid.cells`` to ``grid.skipped`` with the reason."""
-    for cell, reason in errors.items():
-        if cell in grid.cells:
-            print(f"skipped cell {grid.backbone.name} {cell[0]} {cell[1]}: {reason}")
-            grid.cells.pop(cell)
-            grid.skipped[cell] = reason
-        ref_prepared.pop(cell, None)
+def pair_source(source: Any, args: argparse.Namespace, window: int | None) -> PairSource:
+    """The mode's pairs grouped by reference, for one backbone. Key columns: the pair's name, the settings that
+    change its pixels (dataset, size, seed, the window fit) and the files' identity."""
+    setup = f"dataset={args.dataset or '-'};max_side={args.max_side};seed={args.seed};window={window}"
+    items = ((pair.ref, pair.ref, EnginePair(row, (pair.key, setup, source.files(pair)), pair))
+             for row, pair in enumerate(source.pairs, start=1))
+    loaders = GridImages(source, window)
+    return PairSource(PAIR_COLUMNS, group_by_reference(items), loaders.reference, loaders.distorted,
+                      identity_columns=("files",))
+
+
+def score_backbone(name: str, grid: TapGrid, source: Any, args: argparse.Namespace
+                   ) -> tuple[pd.DataFrame, list[dict[str, str]]]:
+    """Score every pair not yet in scores.csv through the engine (the reference's taps once per reference, the
+    distorted images in batches, every cell from one backbone pass). Returns this grid's scores and its cells that
+    refused an image (a tap too small for its comparator): those are skipped for the whole backbone."""
+    scorer = GridScorer(grid, name=name)
+    pairs = pair_source(source, args, grid.backbone.window)
+    out = Path(args.out) / "scores.csv"
+
+    def announce(plan: Plan) -> None:
+        print(f"{name}: {len(grid.cells)} cells ({len(grid.tap_names)} taps x comparators, {len(grid.skipped)} "
+              f"skipped); {plan.pairs_todo} of {plan.pairs} pairs to score{plan.where}")
+
+    score_pairs([scorer], pairs, out, batch_size=args.batch_size, workers=args.workers, stop_after=args.stop_after,
+                announce=announce, desc=name)
+    if not world_from_env().is_main:
+        return pd.DataFrame(), []
+    refused = current_errors(out, [scorer], pairs).drop_duplicates("metric")
+    cells = {key.metric: scorer.cell_of(key) for key in scorer.keys}
+    skipped = []
+    for metric, reason in zip(refused.metric, refused.reason, strict=True):
+        tap, comparator = cells[metric]
+        print(f"skipped cell {name} {tap} {comparator}: {reason}")
+        grid.cells.pop((tap, comparator))
+        grid.skipped[(tap, comparator)] = reason
+        skipped.append({"kind": "cell", "backbone": name, "tap": tap, "comparator": comparator, "reason": reason})
+    scores = current_scores(out, [scorer], pairs)
+    scores = scores[~scores.metric.isin(set(refused.metric))]
+    return pd.DataFrame({"backbone": name, "tap": [cells[m][0] for m in scores.metric],
+                         "comparator": [cells[m][1] for m in scores.metric], "pair": scores["pair"],
+                         "score": scores.score}), skipped
 
 
 def build_grid(name: str, taps: str, comparators: list[str], device: str) -> TapGrid:
@@ -730,14 +730,18 @@ def comparator_names(spec: str) -> list[str]:
     return names
 
 
-def run_backbones(args: argparse.Namespace, source: Any, cache: ScoreCache, out: Path
-                  ) -> tuple[pd.DataFrame, list[dict[str, str]], dict[str, list[str]]]:
+def run_backbones(args: argparse.Namespace, source: Any, out: Path
+                  ) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, str]], dict[str, list[str]]]:
+    """Every backbone's grid scored (all ranks) and, on rank 0, its costs measured; the scores, costs, skipped
+    backbones and cells, and each backbone's taps in depth order."""
     names = list_backbones() if args.backbones == "all" else _names(args.backbones)
     comparators = comparator_names(args.comparators)
-    costs, skipped, tap_order = [], [], {}
+    main = world_from_env().is_main
+    device = str(local_device(args.device, world_from_env()))
+    scores, costs, skipped, tap_order = [], [], [], {}
     for name in names:
         try:
-            grid = build_grid(name, args.taps, comparators, args.device)
+            grid = build_grid(name, args.taps, comparators, device)
         except (WeightsNotFoundError, ImportError, KeyError) as err:
             reason = str(err.args[0] if err.args else err).splitlines()[0]
             print(f"skipped {name}: {reason}")
@@ -746,13 +750,18 @@ def run_backbones(args: argparse.Namespace, source: Any, cache: ScoreCache, out:
         skipped += [{"kind": "cell", "backbone": name, "tap": t, "comparator": c, "reason": r}
                     for (t, c), r in grid.skipped.items()]
         tap_order[name] = list(grid.tap_names)
-        score_backbone(name, grid, source, cache, args)
-        cost = cached_costs(out / "cost.csv", name, grid, args.device, args.repeats)
-        costs.append(cost[cost.apply(lambda r, g=grid: (r.tap, r.comparator) in g.cells, axis=1)])
+        cells, refused = score_backbone(name, grid, source, args)
+        skipped += refused
+        if main:  # costs are this machine's timings: measured once, by rank 0
+            cost = cached_costs(out / "cost.csv", name, grid, args.device, args.repeats)
+            costs.append(cost[cost.apply(lambda r, g=grid: (r.tap, r.comparator) in g.cells, axis=1)])
+            scores.append(cells)
         del grid
-    if not costs:
-        raise SystemExit("error: no backbone could be built (see the skipped list above)")
-    return pd.concat(costs), skipped, tap_order
+    if not tap_order:
+        raise WeightsNotFoundError("no backbone could be built (see the skipped list above): put its weights in "
+                                   "$IQA_WEIGHTS_DIR or choose --backbones that resolve")
+    return (pd.concat(scores) if scores else pd.DataFrame(), pd.concat(costs) if costs else pd.DataFrame(), skipped,
+            tap_order)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -761,25 +770,18 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    check_settings(out, args)
     source: Any = DatasetSource(args) if args.dataset else SampleSource(args)
     print(source.description)
-    cache = ScoreCache(out / "scores.csv", args.stop_after)
     try:
-        costs, skipped_rows, tap_order = run_backbones(args, source, cache, out)
+        scores, costs, skipped_rows, tap_order = run_backbones(args, source, out)
     except StopRequested as stop:
         print(stop)
         return 0
-    finally:
-        cache.close()
+    if not world_from_env().is_main:  # under torchrun, rank 0 writes the analysis
+        return 0
     skipped = pd.DataFrame(skipped_rows, columns=["kind", "backbone", "tap", "comparator", "reason"])
     skipped.to_csv(out / "skipped.csv", index=False)
     pairs = pairs_frame(source)
-    wanted = {(b, t, c) for b, t, c in zip(costs.backbone, costs.tap, costs.comparator, strict=True)}
-    scores = cache.frame()
-    in_run = np.array([k in wanted for k in zip(scores.backbone, scores.tap, scores.comparator, strict=True)],
-                      dtype=bool)
-    scores = scores[in_run & scores.pair.isin(set(pairs.pair)).to_numpy()]
     grid = grid_table(scores, pairs, costs, source, tap_order)
     ranking = dps.rank_cells(grid, args.factor_weight_map)
     grid = grid.merge(ranking[["backbone", "tap", "comparator", "merit", "cost_score"]],

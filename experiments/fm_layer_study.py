@@ -27,18 +27,22 @@ Dataset mode (--dataset): every pair of a rated dataset at native resolution; sr
 correlation with the MOS over all pairs, signed so that 1 means perfect agreement with the observers.
 
 Backbones whose weights do not resolve are skipped with one printed line naming the missing file, and listed in
-skipped.csv and summary.md. Outputs in results/fm_layer_study/ (dataset mode: results/fm_layer_study/<dataset>/):
-scores.csv (every scored (backbone, tap, distance, pair); appended as pairs are scored, a rerun skips what is
-there, so an interrupted run resumes; a line cut short by a kill is scored again), layer_srcc.csv, all_taps_srcc.csv
-(the registered all-tap ZS-IQA metric, for comparison, where it is the sum of the per-tap scores), one PNG per
-backbone (SRCC vs tap depth, one line per distance) and curves.png (all backbones), skipped.csv and summary.md.
+skipped.csv and summary.md. Scoring runs through the engine (iqa_core.engine): DataLoader workers make the distorted
+images, the images of one reference go through the backbone in batches (--batch-size), each (tap, distance) cell is
+a key of the one store; under ``torchrun --standalone --nproc_per_node=N experiments/fm_layer_study.py ...`` the
+references are shared out among the processes and rank 0 writes the tables. Outputs in results/fm_layer_study/
+(dataset mode: results/fm_layer_study/<dataset>/): scores.csv (the store: one row per (backbone/tap/distance cell,
+pair), keyed by weights, precision, settings and the files' identity; a rerun skips what is there, so an interrupted
+run resumes, and a line cut short by a kill is scored again; cells that refuse a pair are in scores.errors.csv),
+layer_srcc.csv, all_taps_srcc.csv (the registered all-tap ZS-IQA metric, for comparison, where it is the sum of the
+per-tap scores), one PNG per backbone (SRCC vs tap depth, one line per distance) and curves.png (all backbones),
+skipped.csv and summary.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,27 +54,36 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from tqdm import tqdm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from iqa_core.backbones import TapBackbone, create_backbone, list_backbones  # noqa: E402
-from iqa_core.cli import RenamedOption, device_argument, run_main, warn_renamed_options  # noqa: E402
+from iqa_core.cli import (  # noqa: E402
+    RenamedOption,
+    device_argument,
+    engine_arguments,
+    precision_argument,
+    run_main,
+    warn_renamed_options,
+)
 from iqa_core.deep_features import TapGrid  # noqa: E402
 from iqa_core.distortions import distort  # noqa: E402
+from iqa_core.distributed import local_device, world_from_env  # noqa: E402
+from iqa_core.engine import GridScorer, PairSource, Plan, current_scores, group_by_reference, score_pairs  # noqa: E402
+from iqa_core.engine import Pair as EnginePair  # noqa: E402
 from iqa_core.io import load_image  # noqa: E402
 from iqa_core.report import markdown_table  # noqa: E402
-from iqa_core.resumable_csv import ResumableCSV, StopRequested  # noqa: E402
-from iqa_core.samples import load_samples  # noqa: E402
+from iqa_core.resumable_csv import StopRequested  # noqa: E402
+from iqa_core.samples import load_samples, sample_images  # noqa: E402
 from iqa_core.stats import direction_sign, spearman  # noqa: E402
-from iqa_core.validation import IQAInputError  # noqa: E402
+from iqa_core.store import file_identity  # noqa: E402
 from iqa_core.weights import WeightsNotFoundError  # noqa: E402
 from zs_iqa.distances import DISTANCES  # noqa: E402
 from zs_iqa.metrics import CNN_BACKBONES, FOUNDATION_BACKBONES  # noqa: E402
 
 COLUMNS = ["backbone", "tap", "distance", "image", "distortion", "level", "score"]
-KEY = COLUMNS[:-1]
+SCORE_COLUMNS = ("image", "distortion", "level", "setup", "files")  # the pair key of scores.csv (iqa_core.store)
 DEFAULT_DISTORTIONS = "gaussian_blur,gaussian_noise,jpeg,contrast_change"
 QUICK = {"backbones": "alexnet", "taps": "relu1,relu3,relu5", "distances": "l2,wsd", "images": 2,
          "distortions": "gaussian_blur,jpeg", "levels": "1,3,5"}
@@ -128,7 +141,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--stop-after", type=int, metavar="N", help="stop once N new score rows are written, as if "
                    "interrupted (a rerun resumes); splits a long run over several sessions")
     p.add_argument("--quick", action="store_true", help="; ".join(f"{k} {v}" for k, v in QUICK.items()))
+    engine_arguments(p)
+    precision_argument(p)
     args = p.parse_args(argv)
+    args.precision = args.precision or "fp32"
     warn_renamed_options(args)
     if args.quick:  # the quick sweep, where the command line kept the defaults
         for name, value in QUICK.items():
@@ -226,99 +242,58 @@ def dataset_pairs(name: str, root: str | None, limit: int | None) -> tuple[list[
     return pairs, dataset.score_higher_is_better
 
 
-class ImageSource:
-    """Reference and distorted tensors of the pairs: generated (seeded) from the samples, or read from files."""
+class StudyImages:
+    """The pair source's loaders, run in the engine's DataLoader workers: a reference is a resized bundled image
+    (samples) or a file (dataset); a distorted image is the reference distorted (seeded) or a file."""
 
     def __init__(self, images: dict[str, torch.Tensor] | None, seed: int) -> None:
         self.images, self.seed = images, seed
-        self._distorted: dict[Pair, torch.Tensor] = {}
-        self._last_ref: tuple[str, torch.Tensor] | None = None
 
-    def ref(self, pair: Pair) -> torch.Tensor:
-        if self.images is not None:
-            return self.images[pair.ref]
-        if self._last_ref is None or self._last_ref[0] != pair.ref:  # pairs come grouped by reference
-            self._last_ref = (pair.ref, load_image(pair.ref))
-        return self._last_ref[1]
+    def reference(self, ref: str) -> torch.Tensor:
+        return load_image(ref) if self.images is None else self.images[ref]
 
-    def dist(self, pair: Pair) -> torch.Tensor:
-        if self.images is None:
-            return load_image(pair.dist_path)
-        if pair not in self._distorted:  # kept for the next backbone
-            self._distorted[pair] = distort(pair.distortion, self.images[pair.ref], pair.level, seed=self.seed)
-        return self._distorted[pair]
+    def distorted(self, recipe: tuple[str, int] | Path, ref: torch.Tensor) -> torch.Tensor:
+        if isinstance(recipe, Path):
+            return load_image(recipe)
+        distortion, level = recipe
+        return distort(distortion, ref, level, seed=self.seed)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Scoring
-# --------------------------------------------------------------------------------------------------------------
+def pair_source(pairs: list[Pair], images: dict[str, torch.Tensor] | None, args: argparse.Namespace) -> PairSource:
+    """The study's pairs grouped by reference. Key columns: the pair's name, the settings that change its pixels
+    (short side and seed; ``dataset`` for files) and the files' identity."""
+    if images is not None:
+        setup = f"short_side={args.short_side};seed={args.seed}"
+        files = {path.stem: file_identity(path) for path in sample_images()}
+        items = ((p.ref, p.ref, EnginePair(row, (p.image, p.distortion, str(p.level), setup, files.get(p.ref, "")),
+                                           (p.distortion, p.level))) for row, p in enumerate(pairs, start=1))
+    else:
+        items = ((p.ref, p.ref, EnginePair(row, (p.image, p.distortion, str(p.level), "dataset",
+                                                 f"{file_identity(p.ref)} {file_identity(p.dist_path)}"),
+                                           Path(p.dist_path))) for row, p in enumerate(pairs, start=1))
+    loaders = StudyImages(images, args.seed)
+    return PairSource(SCORE_COLUMNS, group_by_reference(items), loaders.reference, loaders.distorted,
+                      identity_columns=("files",))
 
 
-def missing_cells(cache: ResumableCSV, backbone: str, taps: list[str], distances: list[str],
-                  pairs: list[Pair]) -> dict[Pair, list[tuple[str, str]]]:
-    todo = {}
-    for pair in pairs:
-        cells = [(t, d) for t in taps for d in distances
-                 if (backbone, t, d, pair.image, pair.distortion, pair.level) not in cache]
-        if cells:
-            todo[pair] = cells
-    return todo
+def score_backbone(run: BackboneRun, backbone: TapBackbone, distances: list[str], source: PairSource,
+                   args: argparse.Namespace) -> GridScorer:
+    """Every (tap, distance) cell of every pair not yet in scores.csv, through the engine: one backbone pass per
+    image, the reference's taps once per reference, the distorted images in batches."""
+    scorer = GridScorer(TapGrid(backbone, run.taps, distances, stride=args.stride), name=run.name,
+                        precision=args.precision)
 
+    def announce(plan: Plan) -> None:
+        print(f"{run.name}: {len(run.taps)} taps x {len(distances)} distances x {plan.pairs} pairs; {plan.todo} of "
+              f"{plan.total} scores to compute{plan.where}")
 
-def by_reference(pairs: list[Pair]) -> Iterator[tuple[str, list[Pair]]]:
-    """Pairs grouped by reference, in order of first appearance."""
-    groups: dict[str, list[Pair]] = {}
-    for pair in pairs:
-        groups.setdefault(pair.ref, []).append(pair)
-    yield from groups.items()
-
-
-def pair_scores(grid: TapGrid, dist: torch.Tensor, ref: torch.Tensor, ref_prepared: dict[tuple[str, str], list]
-                ) -> dict[tuple[str, str], torch.Tensor]:
-    """Every cell of ``grid`` for one distorted image against the reference prepared once (``TapGrid.prepare``)."""
-    if dist.shape[-2:] != ref.shape[-2:]:
-        raise IQAInputError(f"dist {tuple(dist.shape[-2:])} and ref {tuple(ref.shape[-2:])} differ in size")
-    return grid.score_prepared(grid.tap_outputs(dist, "dist"), ref_prepared)
-
-
-def write_pair(cache: ResumableCSV, backbone: str, pair: Pair, cells: list[tuple[str, str]],
-               scores: dict[tuple[str, str], torch.Tensor]) -> None:
-    for tap, distance in cells:
-        if (tap, distance) in scores:
-            value = float(scores[(tap, distance)][0])
-            cache.add([backbone, tap, distance, pair.image, pair.distortion, pair.level, repr(value)])
-    cache.flush()  # one pair at a time: a kill loses at most the pair being written
-
-
-def score_backbone(run: BackboneRun, backbone: TapBackbone, distances: list[str], pairs: list[Pair],
-                   source: ImageSource, cache: ResumableCSV, args: argparse.Namespace) -> None:
-    """Score every missing (tap, distance) cell of every pair: one backbone pass per image."""
-    todo = missing_cells(cache, run.name, run.taps, distances, pairs)
-    print(f"{run.name}: {len(run.taps)} taps x {len(distances)} distances x {len(pairs)} pairs; "
-          f"{len(todo)} pairs to score")
-    if not todo:
-        return
-    needed = {cell for cells in todo.values() for cell in cells}
-    grid = TapGrid(backbone, [t for t in run.taps if any(c[0] == t for c in needed)],
-                   [d for d in distances if any(c[1] == d for c in needed)], stride=args.stride)
-    errors: list[str] = []
-    with torch.no_grad(), tqdm(total=len(todo), desc=run.name, unit="pair") as bar:
-        for _, group in by_reference(list(todo)):
-            ref_prepared = None
-            for pair in group:
-                try:
-                    ref = source.ref(pair)
-                    if ref_prepared is None:  # the reference's taps and comparator states, once for all its pairs
-                        ref_prepared = grid.prepare(grid.tap_outputs(ref, "ref"))
-                    scores = pair_scores(grid, source.dist(pair), ref, ref_prepared)
-                    write_pair(cache, run.name, pair, todo[pair], scores)
-                except IQAInputError as err:
-                    errors.append(f"{pair.image}: {err}")
-                bar.update()
-    if errors:
-        print(f"{run.name}: {len(errors)} pairs could not be scored, e.g. {errors[0]}")
-    for (tap, distance), reason in grid.skipped.items():
+    report = score_pairs([scorer], source, Path(args.out) / "scores.csv", batch_size=args.batch_size,
+                         workers=args.workers, stop_after=args.stop_after, announce=announce, desc=run.name)
+    if report.failed and report.is_main:
+        print(f"{run.name}: {report.summary()}")
+    for (tap, distance), reason in scorer.grid.skipped.items():
         print(f"{run.name}: {distance} cannot score tap {tap}: {reason}")
+    return scorer
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -326,17 +301,21 @@ def score_backbone(run: BackboneRun, backbone: TapBackbone, distances: list[str]
 # --------------------------------------------------------------------------------------------------------------
 
 
-def scores_frame(cache: ResumableCSV, runs: list[BackboneRun], distances: list[str], pairs: list[Pair]
-                 ) -> pd.DataFrame:
-    """The cached scores of this study's grid (other rows of scores.csv are left out), with the MOS."""
-    wanted = {(r.name, t, d) for r in runs for t in r.taps for d in distances}
-    pair_of = {(p.image, p.distortion, str(p.level)): p for p in pairs}
-    rows = []
-    for row in cache:
-        pair = pair_of.get((row["image"], row["distortion"], row["level"]))
-        if pair is not None and (row["backbone"], row["tap"], row["distance"]) in wanted:
-            rows.append({**row, "level": pair.level, "score": float(row["score"]), "mos": pair.mos})
-    return pd.DataFrame(rows, columns=[*COLUMNS, "mos"])
+def scores_frame(out: Path, scorers: dict[str, GridScorer], source: PairSource, pairs: list[Pair]) -> pd.DataFrame:
+    """The stored scores of this study's cells and pairs (older keys' rows of scores.csv are left out), one column per
+    cell coordinate, with the MOS."""
+    mos = {(p.image, p.distortion, str(p.level)): p.mos for p in pairs}
+    frames = []
+    for name, scorer in scorers.items():
+        frame = current_scores(out / "scores.csv", [scorer], source)
+        cells = {key.metric: scorer.cell_of(key) for key in scorer.keys}
+        frame["backbone"] = name
+        frame["tap"] = [cells[m][0] for m in frame.metric]
+        frame["distance"] = [cells[m][1] for m in frame.metric]
+        frame["mos"] = [mos[k] for k in zip(frame.image, frame.distortion, frame.level, strict=True)]
+        frames.append(frame.astype({"level": int}))
+    return pd.concat(frames, ignore_index=True)[[*COLUMNS, "mos"]] if frames else pd.DataFrame(
+        columns=[*COLUMNS, "mos"])
 
 
 def oriented_srcc(x: np.ndarray, y: np.ndarray, sign: float) -> float:
@@ -495,13 +474,14 @@ def setup_text(args: argparse.Namespace, pairs: list[Pair]) -> str:
 # --------------------------------------------------------------------------------------------------------------
 
 
-def study_pairs(args: argparse.Namespace) -> tuple[list[Pair], ImageSource, bool | None]:
+def study_pairs(args: argparse.Namespace) -> tuple[list[Pair], PairSource, bool | None]:
     if args.dataset:
         pairs, mos_higher = dataset_pairs(args.dataset, args.root, args.limit)
-        return pairs, ImageSource(None, args.seed), mos_higher
+        return pairs, pair_source(pairs, None, args), mos_higher
     images = study_images(args.images, args.short_side)
     levels = [int(v) for v in _names(args.levels)]
-    return sample_pairs(images, _names(args.distortions), levels), ImageSource(images, args.seed), None
+    pairs = sample_pairs(images, _names(args.distortions), levels)
+    return pairs, pair_source(pairs, images, args), None
 
 
 def backbone_names(spec: str) -> tuple[list[str], dict[str, str]]:
@@ -515,22 +495,23 @@ def backbone_names(spec: str) -> tuple[list[str], dict[str, str]]:
     return names, {}
 
 
-def run_backbones(args: argparse.Namespace, names: list[str], skipped: dict[str, str], pairs: list[Pair],
-                  source: ImageSource, cache: ResumableCSV) -> list[BackboneRun]:
+def run_backbones(args: argparse.Namespace, names: list[str], skipped: dict[str, str], source: PairSource
+                  ) -> tuple[list[BackboneRun], dict[str, GridScorer]]:
     checkpoints = parse_checkpoints(args.checkpoints)
     distances, wanted_taps = _names(args.distances), _names(args.taps)
-    runs = []
+    device = str(local_device(args.device, world_from_env()))
+    runs, scorers = [], {}
     for name in names:
-        backbone, reason = build_backbone(name, checkpoints.get(name), args.device)
+        backbone, reason = build_backbone(name, checkpoints.get(name), device)
         if backbone is None:
             print(f"skipped {name}: {reason}")
             skipped[name] = reason
             continue
         run = BackboneRun(name, select_taps(backbone, wanted_taps), tuple(backbone.default_taps), backbone.layout)
-        score_backbone(run, backbone, distances, pairs, source, cache, args)
+        scorers[name] = score_backbone(run, backbone, distances, source, args)
         runs.append(run)
         del backbone
-    return runs
+    return runs, scorers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -551,13 +532,14 @@ def run(args: argparse.Namespace) -> int:
     names, skipped = backbone_names(args.backbones)
     distances = _names(args.distances)
     pairs, source, mos_higher = study_pairs(args)
-    with ResumableCSV(out / "scores.csv", COLUMNS, KEY, args.stop_after) as cache:
-        try:
-            runs = run_backbones(args, names, skipped, pairs, source, cache)
-        except StopRequested as stop:
-            print(stop)
-            return 0
-        scores = scores_frame(cache, runs, distances, pairs)
+    try:
+        runs, scorers = run_backbones(args, names, skipped, source)
+    except StopRequested as stop:
+        print(stop)
+        return 0
+    if not world_from_env().is_main:  # under torchrun, rank 0 writes the tables
+        return 0
+    scores = scores_frame(out, scorers, source, pairs)
     pd.DataFrame(list(skipped.items()), columns=["backbone", "reason"]).to_csv(out / "skipped.csv", index=False)
     if not runs:
         write_summary(pd.DataFrame(columns=TABLE_COLUMNS), pd.DataFrame(), skipped, setup_text(args, pairs),

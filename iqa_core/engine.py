@@ -45,6 +45,7 @@ from iqa_core.metric import FeatureMetric, Metric
 from iqa_core.precision import DEFAULT_PRECISION, apply_precision, check_autocast_used, precision_scope
 from iqa_core.resumable_csv import StopRequested
 from iqa_core.store import (
+    METRIC_KEY,
     MetricKey,
     ScoreStore,
     errors_path,
@@ -63,7 +64,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Pair", "Group", "PairSource", "group_by_reference", "Scorer", "MetricScorer", "GridScorer", "RunReport",
            "Plan",
-           "score_pairs", "pairs_from_csv", "pairs_from_records", "read_pairs", "current_scores", "root_relative"]
+           "score_pairs", "pairs_from_csv", "pairs_from_records", "read_pairs", "current_scores", "current_errors",
+           "root_relative"]
 
 #: What a pair that cannot be scored raises while its images are read or checked: it goes to the errors table.
 PAIR_ERRORS = (ImageReadError, IQAInputError, OSError)
@@ -421,10 +423,16 @@ class Plan:
     todo: int
     out: Path
     world_size: int = 1
+    pairs_todo: int = 0  # (scorer, pair) jobs with some output missing: with one scorer, the pairs to score
 
     @property
     def total(self) -> int:
         return self.pairs * self.outputs
+
+    @property
+    def where(self) -> str:
+        """`` on N processes`` in a distributed run, else nothing (for announcements)."""
+        return f" on {self.world_size} processes" if self.world_size > 1 else ""
 
 
 @dataclass
@@ -609,8 +617,7 @@ def _plan_counts(scorers: Sequence[Scorer], source: PairSource, units: Sequence[
 
 def _announce_default(plan: Plan) -> None:
     what = f"{plan.pairs} pairs" + (f" x {plan.outputs} outputs" if plan.outputs > 1 else "")
-    ranks = f" on {plan.world_size} processes" if plan.world_size > 1 else ""
-    print(f"{what}, {plan.cached} already in {plan.out}, {plan.todo} to score{ranks}", file=sys.stderr)
+    print(f"{what}, {plan.cached} already in {plan.out}, {plan.todo} to score{plan.where}", file=sys.stderr)
 
 
 def score_pairs(scorers: Sequence[Scorer], source: PairSource, out: str | os.PathLike, *, batch_size: int = 8,
@@ -629,7 +636,7 @@ def score_pairs(scorers: Sequence[Scorer], source: PairSource, out: str | os.Pat
     main = _open_main_store(out, source, world, stop_after)
     try:
         cached, todo, per_group = _plan_counts(scorers, source, units, main)
-        plan = Plan(len(source), sum(len(s.keys) for s in scorers), cached, todo, out, world.size)
+        plan = Plan(len(source), sum(len(s.keys) for s in scorers), cached, todo, out, world.size, sum(per_group))
         owners = broadcast(world, assign_groups(per_group, world.size))
         if announce is not None and world.is_main:
             announce(plan)
@@ -720,3 +727,23 @@ def current_scores(out: str | os.PathLike, scorers: Sequence[Scorer], source: Pa
                             rows.append((key.metric, *pair.key, value))
     return pd.DataFrame(rows, columns=["metric", *source.columns, "score"])
 
+
+
+def current_errors(out: str | os.PathLike, scorers: Sequence[Scorer], source: PairSource) -> pd.DataFrame:
+    """The errors table's rows of exactly these scorers' keys and these pairs: columns ``metric``, ``row``, the
+    source's key columns and ``reason`` (empty when nothing failed)."""
+    import pandas as pd
+
+    columns = ["metric", "row", *source.columns, "reason"]
+    if not errors_path(out).is_file():
+        return pd.DataFrame(columns=columns)
+    keys = {key.values() for scorer in scorers for key in scorer.keys}
+    named = [i for i, c in enumerate(source.columns) if c not in source.identity_columns]
+    pairs = {tuple(pair.key[i] for i in named) for group in source.groups for pair in group.pairs}
+    rows = []
+    with ScoreStore(out, source.columns, prune_errors=False, identity_columns=source.identity_columns) as store:
+        for row in store.errors:
+            if (tuple(row[c] for c in METRIC_KEY) in keys
+                    and tuple(row[source.columns[i]] for i in named) in pairs):
+                rows.append([row[c] for c in columns])
+    return pd.DataFrame(rows, columns=columns)

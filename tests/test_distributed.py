@@ -117,3 +117,44 @@ def test_killed_run_resumes_without_losing_or_doubling_a_row(tmp_path, resume_wi
     assert len(got) == 40 and shard_files(out) == []
     expected = per_pair_loop("deepssim", pairs)
     assert max(abs(got[k] - expected[k[1]]) / abs(expected[k[1]]) for k in got) <= 1e-6
+
+
+# ------------------------------------------------------------------------------------------------ the experiments
+
+EXPERIMENTS = {
+    "fm_layer_study": ("--quick",),
+    "dps_analysis": ("--quick", "--backbones", "alexnet", "--repeats", "1", "--n-boot", "200"),
+}
+TABLES = {"fm_layer_study": ("layer_srcc.csv", ["srcc", "srcc_pooled", "n"]),
+          "dps_analysis": ("grid.csv", ["accuracy", "robustness", "monotonicity", "srcc", "n_pairs"])}
+
+
+def _experiment(script: str, out: Path, nproc: int | None, env: dict[str, str]) -> str:
+    argv = [str(ROOT / "experiments" / f"{script}.py"), *EXPERIMENTS[script], "--out", str(out), "--device", "cpu"]
+    launcher = [] if nproc is None else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    proc = subprocess.run([sys.executable, *launcher, *argv], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.weights("alexnet")
+@pytest.mark.parametrize("script", sorted(EXPERIMENTS))
+def test_experiments_under_torchrun_write_the_rows_and_tables_of_one_process(tmp_path, weights_dir, script):
+    """fm_layer_study and dps_analysis --quick with 2 processes: every (cell, pair) of the one-process run once, with
+    its value (the units, hence the batches, depend on the pairs alone), no shard left, and rank 0's table equal."""
+    import pandas as pd
+    from conftest import hermetic_env
+
+    env = dict(hermetic_env(tmp_path, weights_dir), OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    _experiment(script, tmp_path / "one", None, env)
+    assert " on 2 processes" in _experiment(script, tmp_path / "two", 2, env)  # rank 0's announcement
+    stores = [pd.read_csv(tmp_path / run / "scores.csv") for run in ("one", "two")]
+    key = [c for c in stores[0].columns if c != "score"]
+    assert not stores[1].duplicated(key).any() and shard_files(tmp_path / "two" / "scores.csv") == []
+    merged = stores[0].merge(stores[1], on=key, how="outer", suffixes=("_one", "_two"), indicator=True)
+    assert (merged["_merge"] == "both").all()
+    assert ((merged.score_one - merged.score_two).abs() <= 1e-6 * merged.score_one.abs()).all()
+    name, columns = TABLES[script]
+    tables = [pd.read_csv(tmp_path / run / name) for run in ("one", "two")]
+    pd.testing.assert_frame_equal(tables[0][columns], tables[1][columns], rtol=1e-9)

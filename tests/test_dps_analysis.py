@@ -163,11 +163,16 @@ def test_parse_factor_weights():
             dps.parse_factor_weights(bad)
 
 
-def test_factor_weights_option_and_its_former_name(monkeypatch):
+def _load_script():
     spec = importlib.util.spec_from_file_location("dps_analysis_script", SCRIPT)
     script = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, script)  # dataclasses look their module up there
+    sys.modules[spec.name] = script  # dataclasses look their module up there
     spec.loader.exec_module(script)
+    return script
+
+
+def test_factor_weights_option_and_its_former_name():
+    script = _load_script()
     wanted = {"accuracy": 1.0, "robustness": 0.2, "monotonicity": 0.2, "cost": 0.0}
     assert script.parse_args(["--factor-weights", "accuracy=1,cost=0"]).factor_weight_map == wanted
     with pytest.warns(DeprecationWarning, match="--weights is deprecated.*use --factor-weights"):
@@ -323,7 +328,7 @@ def test_quick_outputs_resume_and_skipped(tmp_path, weights_dir):
     third = _run(out, env)
     assert "1 of 44 pairs to score" in third.stdout
     scores = pd.read_csv(out / "scores.csv")
-    assert len(scores.drop_duplicates(["backbone", "tap", "comparator", "pair"])) == 44 * 6
+    assert len(scores.drop_duplicates(["metric", "pair"])) == 44 * 6
     pd.testing.assert_frame_equal(pd.read_csv(out / "grid.csv").drop(columns=["cost_ms", "cost_score", "merit",
                                                                               "peak_mib"]),
                                   grid.drop(columns=["cost_ms", "cost_score", "merit", "peak_mib"]))
@@ -334,7 +339,7 @@ def test_quick_outputs_resume_and_skipped(tmp_path, weights_dir):
     assert "stopped after 100 new rows" in stopped.stdout and not (split / "grid.csv").exists()
     assert len(pd.read_csv(split / "scores.csv")) == 100
     _run(split, env)
-    key = ["backbone", "tap", "comparator", "pair"]
+    key = ["metric", "pair"]
     resumed = pd.read_csv(split / "scores.csv").sort_values(key, ignore_index=True)
     pd.testing.assert_frame_equal(resumed, pd.read_csv(out / "scores.csv").drop_duplicates(key, keep="last")
                                   .sort_values(key, ignore_index=True), check_exact=True)
@@ -342,13 +347,22 @@ def test_quick_outputs_resume_and_skipped(tmp_path, weights_dir):
     pd.testing.assert_frame_equal(pd.read_csv(split / "grid.csv")[factors], grid[factors], check_exact=True)
 
 
-def test_other_settings_in_the_same_folder_are_refused(tmp_path, weights_dir):
-    out = tmp_path / "dps"
-    out.mkdir()
-    (out / "run.json").write_text('{"dataset": null, "root": null, "max_side": 999, "seed": 0}')
-    result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)], capture_output=True,
-                            text=True, env=_env(tmp_path, weights_dir))
-    assert result.returncode != 0 and "use another --out" in result.stderr
+def test_settings_that_change_the_pixels_are_in_the_pair_key():
+    """Another --max-side or --seed in the same --out is scored anew (the store's key), never answered from the
+    rows of the first settings; the window fit of a windowed backbone is part of it too."""
+    analysis = _load_script()
+    with pytest.warns(DeprecationWarning, match="use --batch-size"):
+        assert analysis.parse_args(["--batch", "4"]).batch_size == 4
+
+    def keys(*argv: str, window: int | None = None) -> set[tuple[str, ...]]:
+        args = analysis.parse_args(["--quick", *argv])
+        source = analysis.pair_source(analysis.SampleSource(args), args, window)
+        return {pair.key for group in source.groups for pair in group.pairs}
+
+    base = keys()
+    assert len(base) == 44 and {k[1] for k in base} == {"dataset=-;max_side=128;seed=0;window=None"}
+    for other in (keys("--max-side", "96"), keys("--seed", "1"), keys(window=224)):
+        assert len(other) == 44 and not other & base
 
 
 @pytest.mark.weights("alexnet")

@@ -217,6 +217,14 @@ def test_a_cell_that_refuses_small_taps_goes_to_the_errors_table_alone(tmp_path)
     again = score_pairs([GridScorer(_grid())], pairs_from_csv(pairs), out, batch_size=2, progress=False,
                         announce=None)
     assert again.plan.cached == 8 and again.plan.todo == 4 and again.scored == 0 and again.failed == 4
+    assert again.plan.pairs_todo == 2  # both pairs miss an output
+    # current_errors: these keys' and pairs' rows only (another scorer's key, or another pair list, gives none)
+    from iqa_core.engine import current_errors
+
+    failed = current_errors(out, [GridScorer(_grid())], pairs_from_csv(pairs))
+    assert len(failed) == 4 and sorted(set(failed.dist)) == ["r0_d0.png", "r0_d1.png"]
+    assert current_errors(out, [GridScorer(_grid(comparators=("deepwsd",)), name="other")],
+                          pairs_from_csv(pairs)).empty
 
 
 def test_a_grid_key_holds_stride_and_comparator_weights(tmp_path):

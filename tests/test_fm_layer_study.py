@@ -35,6 +35,13 @@ def _load_script():
 study = _load_script()
 
 
+def read_scores(out: Path) -> pd.DataFrame:
+    """scores.csv (the engine's store) with the cell's backbone, tap and distance from its metric name."""
+    scores = pd.read_csv(out / "scores.csv")
+    cells = scores.metric.str.split("/", expand=True)
+    return scores.assign(backbone=cells[0], tap=cells[1], distance=cells[2])
+
+
 @pytest.fixture
 def count_passes(monkeypatch) -> list[int]:
     """Counts backbone passes (TapGrid.tap_outputs calls: one per image)."""
@@ -58,8 +65,11 @@ def quick_out(tmp_path_factory) -> Path:
 
 @ALEXNET
 def test_quick_outputs(quick_out):
-    scores = pd.read_csv(quick_out / "scores.csv")
-    assert list(scores.columns) == ["backbone", "tap", "distance", "image", "distortion", "level", "score"]
+    stored = pd.read_csv(quick_out / "scores.csv")
+    assert list(stored.columns) == ["metric", "options", "weights", "precision", "image", "distortion", "level",
+                                    "setup", "files", "score"]
+    assert set(stored.setup) == {"short_side=224;seed=0"} and set(stored.precision) == {"fp32"}
+    scores = read_scores(quick_out)
     assert len(scores) == QUICK_PAIRS * 3 * 2 and np.isfinite(scores.score).all()  # 3 taps x 2 distances
     assert set(scores.tap) == {"relu1", "relu3", "relu5"} and set(scores.distance) == {"l2", "wsd"}
     table = pd.read_csv(quick_out / "layer_srcc.csv")
@@ -80,7 +90,7 @@ def test_quick_outputs(quick_out):
                                                                          "gaussian_blur", 3)])
 def test_scores_equal_deep_feature_metric(quick_out, cell):
     tap, distance, image, distortion, level = cell
-    scores = pd.read_csv(quick_out / "scores.csv")
+    scores = read_scores(quick_out)
     row = scores[(scores.tap == tap) & (scores.distance == distance) & (scores.image == image)
                  & (scores.distortion == distortion) & (scores.level == level)]
     assert len(row) == 1
@@ -96,7 +106,7 @@ def test_scores_equal_deep_feature_metric(quick_out, cell):
 def test_resume_recomputes_nothing(quick_out, count_passes, capsys):
     before = (quick_out / "scores.csv").read_bytes()
     assert study.main(["--quick", "--out", str(quick_out), "--device", "cpu"]) == 0
-    assert "12 pairs; 0 pairs to score" in capsys.readouterr().out
+    assert "12 pairs; 0 of 72 scores to compute" in capsys.readouterr().out
     assert count_passes[0] == 0
     assert (quick_out / "scores.csv").read_bytes() == before
 
@@ -109,7 +119,7 @@ def test_truncated_last_line_is_scored_again(quick_out, tmp_path, count_passes):
     full = path.read_bytes()
     path.write_bytes(full[:-7])  # a kill in the middle of the last row's score
     assert study.main(["--quick", "--out", str(out), "--device", "cpu"]) == 0
-    assert count_passes[0] == 2  # that pair only: its reference and its distorted image
+    assert count_passes[0] == 2  # that pair's batch only: its reference, and its batch of distorted images
     again = pd.read_csv(path)
     original = pd.read_csv(quick_out / "scores.csv")
     assert len(again) == len(original)
@@ -176,7 +186,7 @@ def test_all_taps_row_is_the_registered_metric(tmp_path):
     assert study.main(args) == 0
     whole = pd.read_csv(out / "all_taps_srcc.csv")
     assert list(whole.distance) == ["l2", "jsd"] and (whole.n == 3).all()
-    scores = pd.read_csv(out / "scores.csv")
+    scores = read_scores(out)
     summed = scores[(scores.level == 3) & (scores.distance == "jsd")].score.sum()
     ref = study.study_images(1, 224)["astronaut"]
     with torch.no_grad():

@@ -108,10 +108,9 @@ def test_the_layer_study_runs_a_registered_backbone(tmp_path):
     study = importlib.import_module("experiments.fm_layer_study")
     assert study.main(["--quick", "--backbones", TOY_BACKBONE, "--taps", "pool2,pool4",
                        "--distances", f"{TOY_COMPARATOR},l2", "--out", str(tmp_path), "--device", "cpu"]) == 0
-    scores = pd.read_csv(tmp_path / "scores.csv")
-    assert set(scores["backbone"]) == {TOY_BACKBONE}
-    assert set(zip(scores["tap"], scores["distance"], strict=True)) == {
-        (t, d) for t in ("pool2", "pool4") for d in (TOY_COMPARATOR, "l2")}
+    scores = pd.read_csv(tmp_path / "scores.csv")  # the engine's store: one key per backbone/tap/distance cell
+    assert set(scores["metric"]) == {f"{TOY_BACKBONE}/{t}/{d}" for t in ("pool2", "pool4")
+                                     for d in (TOY_COMPARATOR, "l2")}
     table = pd.read_csv(tmp_path / "layer_srcc.csv")
     assert len(table) == 4 and table["srcc"].notna().all()
 
