@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     names = [n.strip() for n in args.dataset.split(",") if n.strip()]
     if args.root and len(names) > 1:
-        raise SystemExit("error: --root goes with a single --dataset")
+        raise ValueError("--root goes with a single --dataset: run once per dataset, or put the datasets under "
+                         "$IQA_DATA_DIR (one folder each)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     try:

@@ -87,3 +87,12 @@ def test_interrupted_run_resumes_to_the_rows_of_an_uninterrupted_one(tid_fixture
     assert predictions == (straight / "TID2013_predictions.csv").read_bytes()  # same rows, same order, same values
     for name in ("table.csv", "by_distortion.csv"):
         assert (split / name).read_bytes() == (straight / name).read_bytes(), name
+
+
+def test_root_with_several_datasets_is_one_line_and_exit_2(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--dataset",
+                           "TID2013,KADID-10k", "--root", str(tmp_path), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, cwd=SCRIPT.parents[1])
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: --root goes with a single --dataset: run once per dataset, "
+                                                "or put the datasets under $IQA_DATA_DIR (one folder each)"]
