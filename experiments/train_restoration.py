@@ -35,17 +35,20 @@ untrained baseline.
 
 Outputs in results/train_restoration/<task>/: metrics.csv and metrics.md (rows: training loss, columns: evaluation
 metric; means over the held-out images), own_loss.csv (each network's own training loss on the held-out images
-against the baseline's), scores.csv (every score; a rerun only computes what is missing), loss_curves.png with
-loss_curves.csv (per-step training loss) and monitor.csv (the loss on a fixed batch of training patches every
-few steps), crops.png with crops.csv (the same regions for every loss, the baseline and the ground truth),
-skipped.csv, and checkpoints/<loss>.pt (model, optimiser, step, history) written every --checkpoint-every steps and
-at the end: a rerun resumes each loss from its last checkpoint and skips finished ones.
+against the baseline's), scores.csv and scores.errors.csv (the store of the scoring engine, iqa_core.engine, which
+runs the evaluation: every score keyed by metric, options, weights digest, precision, row, its fingerprint and
+image, so a rerun only computes what is missing; the outputs a metric refused, and that metric is skipped),
+loss_curves.png with loss_curves.csv (per-step training loss) and monitor.csv (the loss on a fixed batch of training
+patches every few steps), crops.png with crops.csv (the same regions for every loss, the baseline and the ground
+truth), skipped.csv, and checkpoints/<loss>.pt (model, optimiser, step, history) written every --checkpoint-every
+steps and at the end: a rerun resumes each loss from its last checkpoint and skips finished ones.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -81,9 +84,19 @@ from iqa_core import (  # noqa: E402
 )
 from iqa_core.baselines import MS_SSIM_EXPONENTS, WINDOW_SIZE, ms_ssim  # noqa: E402
 from iqa_core.cli import device_argument, run_main  # noqa: E402
+from iqa_core.engine import (  # noqa: E402
+    MetricScorer,
+    Pair,
+    PairSource,
+    Scorer,
+    current_errors,
+    current_scores,
+    group_by_reference,
+    score_pairs,
+)
 from iqa_core.metric import Metric, create_available_metrics  # noqa: E402
-from iqa_core.resumable_csv import ResumableCSV  # noqa: E402
 from iqa_core.samples import sample_images, shrink  # noqa: E402
+from iqa_core.store import MetricKey, errors_path, options_text  # noqa: E402
 from iqa_core.weights import read_state_file  # noqa: E402
 
 LOSSES = ("l1", "mse", "ssim", "ms-ssim", "lpips-vgg", "dists", "deepwsd-vgg16", "deepssim-lite", "deepssim-lite+l1")
@@ -102,6 +115,8 @@ OWN_METRIC = {"l1": "l1", "mse": "psnr", "ssim": "ssim", "ms-ssim": "ms-ssim", "
               "dists": "dists", "deepwsd-vgg16": "deepwsd-vgg16", "deepssim-lite": "deepssim-lite"}
 PIXEL_LOSSES = {"l1": lambda x, y: (x - y).abs().mean(dim=(1, 2, 3)),
                 "mse": lambda x, y: ((x - y) ** 2).mean(dim=(1, 2, 3))}
+#: Key columns of an evaluation pair in the store: the table row, its fingerprint, the evaluation image.
+PAIR_COLUMNS = ("training_loss", "fingerprint", "image")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm"}
 TRAIN, MONITOR, EVAL = 0, 1, 2  # purposes of the seeded generators: training batches, monitor batch, eval noise
 
@@ -194,7 +209,7 @@ class ImageFolder:
 def image_paths(folder: Path) -> list[Path]:
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not paths:
-        raise SystemExit(f"error: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
+        raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
     return paths
 
 
@@ -207,7 +222,7 @@ def training_images(args: argparse.Namespace) -> ImageFolder:
     for p in sorted(set(paths) - set(keep)):
         print(f"left out of training (smaller than a {args.patch}-px patch): {p}")
     if not keep:
-        raise SystemExit(f"error: no training image is at least {args.patch} px on its shorter side")
+        raise ValueError(f"no training image is at least {args.patch} px on its shorter side")
     return ImageFolder(keep) if len(keep) < len(paths) else folder
 
 
@@ -373,7 +388,7 @@ def build_loss(name: str, patch: int, device: torch.device) -> LossFn:
     if name in PIXEL_LOSSES:
         return PIXEL_LOSSES[name]
     if name not in list_metrics():
-        raise SystemExit(f"error: unknown loss {name!r}; use l1, mse or one of: {', '.join(list_metrics())}")
+        raise KeyError(f"unknown loss {name!r}; use l1, mse or one of: {', '.join(list_metrics())}")
     return metric_loss(name, patch, device)
 
 
@@ -536,27 +551,22 @@ class L1Metric(Metric):
         return (dist - ref).abs().mean(dim=(1, 2, 3))
 
 
-class ScoreCache:
-    """scores.csv (an iqa_core.resumable_csv.ResumableCSV): one row per (row, fingerprint, image, metric); rows
-    present are never recomputed, a line cut short by a kill is computed again."""
+class LossScorer(Scorer):
+    """A training loss as a scorer of the engine (store key ``loss:<label>``): its value per restored image."""
 
-    COLUMNS = ["row", "fingerprint", "image", "metric", "score"]
+    def __init__(self, label: str, fn: LossFn, patch: int, device: torch.device) -> None:
+        self.fn = fn
+        # The patch side picks MS-SSIM's scales (ms_ssim_fallback), which changes the baseline's value too.
+        self.keys = (MetricKey(f"loss:{label}", options_text({"patch": patch})),)
+        self.requires_same_size = True
+        self.device = device
 
-    def __init__(self, path: Path, fresh: bool) -> None:
-        if fresh and path.is_file():
-            path.unlink()
-        self.table = ResumableCSV(path, self.COLUMNS, self.COLUMNS[:4])
+    def encode(self, ref: torch.Tensor) -> torch.Tensor:
+        return ref
 
-    def get(self, row: str, fp: str, image: str, metric: str) -> float | None:
-        values = self.table.rows.get((row, fp, image, metric))
-        return None if values is None else float(values[-1])
-
-    def add(self, row: str, fp: str, image: str, metric: str, score: float) -> None:
-        self.table.add([row, fp, image, metric, repr(score)])
-        self.table.flush()
-
-    def close(self) -> None:
-        self.table.close()
+    def score(self, dists: torch.Tensor, ref: torch.Tensor, encoded: torch.Tensor) -> list[torch.Tensor]:
+        # One image at a time, as in training: a loss takes (output, clean) batches of equal length.
+        return [torch.stack([self.fn(dist[None], ref).mean() for dist in dists])]
 
 
 @dataclass
@@ -571,6 +581,10 @@ class Row:
     seconds: float = 0.0
 
 
+#: (metric or ``loss:<label>``, row label, image) -> score.
+Scores = dict[tuple[str, str, str], float]
+
+
 def restore(row: Row, task: Task, degraded: torch.Tensor, device: torch.device) -> torch.Tensor:
     with torch.no_grad():
         if row.net is None:
@@ -582,38 +596,57 @@ def degraded_eval_images(task: Task, images: dict[str, torch.Tensor], seed: int)
     return {name: task.degrade(img, _rng(seed, EVAL, i)) for i, (name, img) in enumerate(images.items())}
 
 
-def score_rows(rows: list[Row], outputs: dict[str, dict[str, torch.Tensor]], images: dict[str, torch.Tensor],
-               metrics: dict[str, Metric], cache: ScoreCache, skipped: dict[str, str]) -> None:
-    """Score every row's output on every image with every metric, batching the rows of one image."""
-    for name, metric in tqdm(list(metrics.items()), desc="evaluation"):
-        for image, ref in images.items():
-            todo = [r for r in rows if cache.get(r.label, r.fingerprint, image, name) is None]
-            if not todo:
-                continue
-            batch = torch.cat([outputs[r.label][image] for r in todo]).to(metric.device)
-            try:
-                with torch.no_grad():
-                    values = metric(batch, ref.to(metric.device)).tolist()
-            except IQAInputError as err:
-                skipped[name] = f"cannot score the {tuple(ref.shape[-2:])} evaluation images: {err}"
-                print(f"skipped evaluation metric {name}: {skipped[name]}")
-                break
-            for r, value in zip(todo, values, strict=True):
-                cache.add(r.label, r.fingerprint, image, name, float(value))
+def output_pairs(rows: list[Row], outputs: dict[str, dict[str, torch.Tensor]],
+                 images: dict[str, torch.Tensor]) -> PairSource:
+    """The restored outputs as a pair source: one group per evaluation image (its clean image the reference), one
+    pair per row, keyed by the row's label and fingerprint and the image."""
+    items = ((image, image, Pair(n, (row.label, row.fingerprint, image), (row.label, image)))
+             for n, (image, row) in enumerate(itertools.product(images, rows), start=1))
+    return PairSource(PAIR_COLUMNS, group_by_reference(items), images.__getitem__,
+                      lambda dist, ref: outputs[dist[0]][dist[1]])
+
+
+def scores_file(out: Path, fresh: bool) -> Path:
+    """``out/scores.csv``, the engine's store; ``fresh`` deletes its scores and errors first."""
+    path = out / "scores.csv"
+    if fresh:
+        for old in (path, errors_path(path)):
+            old.unlink(missing_ok=True)
+    return path
+
+
+def score_outputs(scorers: list[Scorer], source: PairSource, store: Path, **options: object) -> None:
+    """Score what the store lacks, the rows of one image as one batch."""
+    batch = max((len(g.pairs) for g in source.groups), default=1)
+    # workers=0: the outputs are tensors in this process already; a DataLoader worker would only copy them.
+    score_pairs(scorers, source, store, batch_size=batch, workers=0, **options)
+
+
+def refused(store: Path, scorers: list[Scorer], source: PairSource) -> dict[str, str]:
+    """The scorers' outputs (metric names, ``loss:<label>``) that refused an evaluation image, from the store's
+    errors table, each with its first reason."""
+    errors = current_errors(store, scorers, source).drop_duplicates("metric")
+    return {metric: f"cannot score evaluation image {image}: {reason}"
+            for metric, image, reason in zip(errors.metric, errors.image, errors.reason, strict=True)}
 
 
 def score_own_losses(rows: list[Row], losses: dict[str, LossFn], outputs: dict[str, dict[str, torch.Tensor]],
-                     images: dict[str, torch.Tensor], cache: ScoreCache, device: torch.device) -> None:
-    """Each trained row's training loss on the held-out images, for it and for the baseline."""
-    baseline = rows[0]
+                     images: dict[str, torch.Tensor], store: Path, patch: int,
+                     device: torch.device) -> list[LossScorer]:
+    """Each trained row's training loss on the held-out images, for it and for the baseline; returns the scorers."""
+    scorers = []
     for row in rows[1:]:
-        fn, key = losses[row.label], f"loss:{row.label}"
-        for image, ref in images.items():
-            for scored in (baseline, row):
-                if cache.get(scored.label, scored.fingerprint, image, key) is None:
-                    with torch.no_grad():
-                        value = fn(outputs[scored.label][image].to(device), ref.to(device))
-                    cache.add(scored.label, scored.fingerprint, image, key, float(value.mean()))
+        scorer = LossScorer(row.label, losses[row.label], patch, device)
+        score_outputs([scorer], output_pairs([rows[0], row], outputs, images), store, progress=False, announce=None)
+        scorers.append(scorer)
+    return scorers
+
+
+def stored_scores(store: Path, scorers: list[Scorer], source: PairSource) -> Scores:
+    """The store's scores of exactly these scorers' keys and these pairs."""
+    frame = current_scores(store, scorers, source)
+    return {(m, label, image): s for m, label, image, s in
+            zip(frame.metric, frame.training_loss, frame.image, frame.score, strict=True)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -625,19 +658,24 @@ def ordered_metrics(names: list[str]) -> list[str]:
     return first + sorted(set(names) - set(first))
 
 
-def metrics_table(rows: list[Row], images: list[str], metric_names: list[str], cache: ScoreCache) -> pd.DataFrame:
+def mean_score(scores: Scores, metric: str, label: str, images: list[str]) -> float:
+    """The row's mean over the evaluation images; NaN when one has no score."""
+    values = [scores.get((metric, label, image)) for image in images]
+    return float(np.mean(values)) if None not in values else float("nan")
+
+
+def metrics_table(rows: list[Row], images: list[str], metric_names: list[str], scores: Scores) -> pd.DataFrame:
     """Rows: training loss (baseline first); columns: mean score over the evaluation images per metric."""
     table = []
     for row in rows:
         entry = {"training_loss": row.label, "kind": row.kind, "steps": row.steps}
         for metric in metric_names:
-            values = [cache.get(row.label, row.fingerprint, image, metric) for image in images]
-            entry[metric] = float(np.mean(values)) if None not in values else float("nan")
+            entry[metric] = mean_score(scores, metric, row.label, images)
         table.append(entry)
     return pd.DataFrame(table)
 
 
-def own_loss_table(rows: list[Row], images: list[str], cache: ScoreCache, table: pd.DataFrame,
+def own_loss_table(rows: list[Row], images: list[str], scores: Scores, table: pd.DataFrame,
                    directions: dict[str, bool], states: dict[str, dict]) -> pd.DataFrame:
     """Per trained row: its own training loss on the held-out images against the baseline's, the same on the fixed
     batch of training patches (the monitor: step 0 is the baseline, since every network starts there), and its own
@@ -647,8 +685,8 @@ def own_loss_table(rows: list[Row], images: list[str], cache: ScoreCache, table:
     out = []
     for row in rows[1:]:
         key = f"loss:{row.label}"
-        trained = float(np.mean([cache.get(row.label, row.fingerprint, i, key) for i in images]))
-        untrained = float(np.mean([cache.get(baseline.label, baseline.fingerprint, i, key) for i in images]))
+        trained = mean_score(scores, key, row.label, images)
+        untrained = mean_score(scores, key, baseline.label, images)
         metric = OWN_METRIC.get(row.label.split("+")[0], "")
         metric = metric if metric in table.columns else ""
         monitor = states[row.label]["monitor"]
@@ -840,6 +878,24 @@ def load_trained_rows(states: dict[str, dict], task: Task, device: torch.device)
     return rows
 
 
+def evaluate(rows: list[Row], outputs: dict[str, dict[str, torch.Tensor]], images: dict[str, torch.Tensor],
+             metrics: dict[str, Metric], metric_skips: dict[str, str], losses: dict[str, LossFn],
+             args: argparse.Namespace, device: torch.device) -> Scores:
+    """Every row's outputs scored with every metric and with the trained rows' own losses, through the engine into
+    scores.csv; a metric that refuses an image is added to ``metric_skips``. Returns this evaluation's scores."""
+    store = scores_file(args.out, args.fresh)
+    source = output_pairs(rows, outputs, images)
+    scorers = [MetricScorer(metric, name) for name, metric in metrics.items()]
+    score_outputs(scorers, source, store, desc="evaluation")
+    for name, reason in refused(store, scorers, source).items():
+        metric_skips[name] = reason
+        print(f"skipped evaluation metric {name}: {reason}")
+    loss_scorers = score_own_losses(rows, losses, outputs, images, store, args.patch, device)
+    for name, reason in refused(store, loss_scorers, source).items():
+        print(f"{name} is n/a in own_loss.csv: {reason}")
+    return stored_scores(store, [*scorers, *loss_scorers], source)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -872,25 +928,21 @@ def main(argv: list[str] | None = None) -> int:
     for name, reason in metric_skips.items():
         print(f"skipped evaluation metric {name}: {reason[:200]}")
     eval_started = time.perf_counter()
-    cache = ScoreCache(out / "scores.csv", args.fresh)
-    score_rows(rows, outputs, images, metrics, cache, metric_skips)
-    score_own_losses(rows, losses, outputs, images, cache, device)
-    cache.close()
+    scores = evaluate(rows, outputs, images, metrics, metric_skips, losses, args, device)
     eval_seconds = time.perf_counter() - eval_started
 
     metric_names = ordered_metrics([m for m in metrics if m not in metric_skips])
     directions = {m: metrics[m].higher_is_better for m in metric_names}
-    table = metrics_table(rows, list(images), metric_names, cache)
+    table = metrics_table(rows, list(images), metric_names, scores)
     table.to_csv(out / "metrics.csv", index=False, float_format="%.6g")
-    own = own_loss_table(rows, list(images), cache, table, directions, states)
+    own = own_loss_table(rows, list(images), scores, table, directions, states)
     own.to_csv(out / "own_loss.csv", index=False, float_format="%.6g")
     skipped += [("evaluation metric", name, reason) for name, reason in metric_skips.items()]
     pd.DataFrame(skipped, columns=["kind", "name", "reason"]).to_csv(out / "skipped.csv", index=False)
     write_markdown(out / "metrics.md", task, args, table, own, metric_names, directions, skipped, folder,
                    list(images), eval_seconds)
     first = "psnr" if "psnr" in metric_names else ""
-    per_image = {(r.label, i): cache.get(r.label, r.fingerprint, i, first) for r in rows for i in images} if first \
-        else {}
+    per_image = {(r.label, i): scores.get((first, r.label, i)) for r in rows for i in images}
     plot_crops(out, rows, outputs, images, args.crop, per_image, first)
     print((out / "metrics.md").read_text())
     print(f"wrote {out}")

@@ -55,7 +55,7 @@ from iqa_core.store import (
     shard_path,
     weights_digest,
 )
-from iqa_core.validation import IQAInputError, check_pair
+from iqa_core.validation import IQAInputError, check_image, check_pair
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -499,10 +499,11 @@ def _encode_reference(scorer: Scorer, loaded: LoadedUnit, group: int, cache: _Re
         cache.error = loaded.ref_error
         return cache
     try:
-        ref = check_pair(loaded.ref, loaded.ref, min_size=scorer.min_size)[0]
+        ref = check_image(loaded.ref, "reference", scorer.min_size)
         cache.encoded = scorer.encode(ref.to(scorer.device, non_blocking=True))
     except IQAInputError as err:
-        cache.error = f"reference: {_reason(err)}"
+        text = _reason(err)
+        cache.error = text if text.startswith("reference") else f"reference: {text}"
     return cache
 
 

@@ -377,6 +377,14 @@ def test_a_missing_reference_fails_its_group_only(tmp_path, capsys):
     assert len(reasons) == 2 and all(r.startswith("reference:") for r in reasons)
 
 
+def test_a_reference_under_min_size_is_named_as_the_reference(tmp_path):
+    """A 12 px reference (DeepSSIM needs 16 px): its pairs fail with the reference named, not as a distorted image."""
+    pairs = write_set(tmp_path / "set", refs=1, dists=2, size=12)
+    assert _batch(pairs, tmp_path / "s.csv") == 1
+    reasons = {r["reason"] for r in rows(errors_path(tmp_path / "s.csv"))}
+    assert len(reasons) == 1 and reasons.pop().startswith("reference: image of 12x12 pixels is too small")
+
+
 # ------------------------------------------------------------------------------------------------ precision policy
 
 class _FlagRecorder:

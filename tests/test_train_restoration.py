@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from experiments import train_restoration as tr
+from iqa_core.cli import run_main
+from iqa_core.store import errors_path
 
 QUICK_METRICS = ["l1", *tr.QUICK_EVAL_METRICS]
 
@@ -167,6 +169,35 @@ def test_unusable_losses_are_skipped_visibly(tmp_path, monkeypatch):
     markdown = (out / "metrics.md").read_text()
     assert "Skipped" in markdown and "training loss `lpips-vgg`: weights not found" in markdown
     assert list(pd.read_csv(out / "metrics.csv").training_loss) == ["noisy input", "l1"]
+
+
+def test_a_metric_that_refuses_the_images_is_skipped_visibly(tmp_path):
+    """MS-SSIM needs 161 px; the quick evaluation images are 128 px wide: the engine lists its pairs in
+    scores.errors.csv, the script reports it as a skipped evaluation metric, again on a rerun."""
+    out = tmp_path / "run"
+    argv = ["--task", "denoise", "--quick", "--steps", "8", "--losses", "l1", "--eval-metrics", "psnr,ms-ssim",
+            "--out", str(out), "--device", "cpu"]
+    for attempt in ("first", "rerun"):
+        stdout = run(*argv)
+        assert "skipped evaluation metric ms-ssim: cannot score evaluation image chelsea:" in stdout, attempt
+        assert "ms-ssim" not in pd.read_csv(out / "metrics.csv").columns
+        skipped = pd.read_csv(out / "skipped.csv")
+        assert list(zip(skipped.kind, skipped.name, strict=True)) == [("evaluation metric", "ms-ssim")]
+        errors = pd.read_csv(errors_path(out / "scores.csv"))
+        assert set(errors.metric) == {"ms-ssim"} and len(errors) == 2 * 2  # 2 images x (baseline, l1)
+        if attempt == "first":
+            scores = (out / "scores.csv").read_bytes()
+    assert (out / "scores.csv").read_bytes() == scores
+
+
+def test_a_users_mistake_ends_with_one_line_and_exit_status_2(tmp_path, capsys):
+    common = ["--task", "sr4", "--quick", "--out", str(tmp_path / "out"), "--device", "cpu"]
+    (tmp_path / "empty").mkdir()
+    for extra, message in ((["--losses", "l1,no-such-loss"], "unknown loss 'no-such-loss'; use l1, mse or one of:"),
+                           (["--train-dir", str(tmp_path / "empty")], "no images (")):
+        assert run_main(tr.main, [*common, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
 
 
 def test_non_differentiable_loss_is_refused():
