@@ -10,9 +10,9 @@
         python experiments/verify_published.py --quick         # a few datasets (tests)
 
     Writes ``results/verify_published/published_correlations_ours.{csv,md}``. Exit status 1 if a
-    difference exceeds the tolerance (srcc/krcc/plcc 1e-10, plcc_logistic5 1e-4; see the README
-    of data/published §5: the logistic fit is ill-conditioned for some rows, so its last digits
-    depend on floating-point details).
+    difference exceeds the tolerance (srcc/krcc/plcc 1e-10, plcc_logistic5 1e-4, and 5e-3 for the
+    fits flagged logistic5_start_sensitive; see the README of data/published §5: the logistic fit
+    is ill-conditioned for some rows, so its last digits depend on floating-point details).
 
 (b) ``--predictions OURS.csv --dataset NAME``: compare our per-image scores (CSV columns ``dist``,
     ``metric``, ``score``; ``dist`` is the distorted image's path relative to the dataset root, as
@@ -64,6 +64,11 @@ DEFAULT_OUT = ROOT / "results" / "verify_published"
 # column of published_correlations.csv -> key of iqa_core.stats.correlations(), and its tolerance
 COMPARED = {"srcc": ("srcc", 1e-10), "krcc": ("krcc", 1e-10), "plcc_raw": ("plcc", 1e-10),
             "plcc_logistic5": ("plcc_logistic", 1e-4)}
+# The logistic fits that other starts move to other optima (logistic5_start_sensitive = 1): the optimum reached
+# follows the last digits of numpy's exp, which differ by CPU (measured up to 1.7e-3 on an AVX2 CPU, TID2013
+# psnr_rot1), so they are summarised apart with this tolerance.
+START_SENSITIVE = "plcc_logistic5 (start-sensitive fits)"
+START_SENSITIVE_TOL = 5e-3
 # --quick: (table, dataset) pairs, and for ZS-IQA only the unperturbed columns
 QUICK_ROWS = {(DDM_TABLE, "IVC"), (DDM_TABLE, "LIVE-MD"), (DDM_TABLE, "CSIQ"), (ZS_TABLE, "LIVE")}
 PERTURBED = re.compile(r"_(?:tra|sca|rot)1$")
@@ -104,9 +109,24 @@ def recompute(published_dir: Path, quick: bool = False) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def tolerances() -> dict[str, float]:
+    """The summary's lines and their tolerances: each compared column, the logistic PLCC's start-sensitive fits
+    apart."""
+    return {**{col: tol for col, (_, tol) in COMPARED.items()}, START_SENSITIVE: START_SENSITIVE_TOL}
+
+
 def max_diffs(res: pd.DataFrame) -> dict[str, float]:
+    """Largest |ours - published| per summary line (NaN where no row was recomputed)."""
     done = res[res.in_table == 1]
-    return {col: float(done[f"{col}_absdiff"].max()) if len(done) else float("nan") for col in COMPARED}
+    sensitive = done.start_sensitive == 1
+
+    def largest(rows: pd.DataFrame, col: str) -> float:
+        return float(rows[f"{col}_absdiff"].max()) if len(rows) else float("nan")
+
+    out = {col: largest(done, col) for col in COMPARED}
+    out["plcc_logistic5"] = largest(done[~sensitive], "plcc_logistic5")
+    out[START_SENSITIVE] = largest(done[sensitive], "plcc_logistic5")
+    return out
 
 
 def markdown_table(df: pd.DataFrame, digits: int = 4) -> str:
@@ -130,9 +150,9 @@ def report_recompute(res: pd.DataFrame, out_dir: Path, quick: bool) -> bool:
     md = max_diffs(res)
     n_done = int((res.in_table == 1).sum())
     n_skip = len(res) - n_done
-    ok = all(md[c] <= tol for c, (_, tol) in COMPARED.items() if np.isfinite(md[c]))
+    ok = all(md[c] <= tol for c, tol in tolerances().items() if np.isfinite(md[c]))
     summary = pd.DataFrame([{"column": c, "max_abs_diff": md[c], "tolerance": tol,
-                             "within": "yes" if md[c] <= tol else "NO"} for c, (_, tol) in COMPARED.items()])
+                             "within": "yes" if md[c] <= tol else "NO"} for c, tol in tolerances().items()])
     text = [f"# Published correlations recomputed with iqa_core.stats{' (--quick subset)' if quick else ''}\n",
             f"{n_done} rows recomputed from the .csv.gz tables; {n_skip} rows with in_table=0 cannot be "
             "recomputed (their per-image scores are not in the tables) and are shown with their published "
@@ -150,7 +170,7 @@ def report_recompute(res: pd.DataFrame, out_dir: Path, quick: bool) -> bool:
     text.append(markdown_table(show))
     (out_dir / "published_correlations_ours.md").write_text("\n".join(text))
     print(f"recomputed {n_done} rows, {n_skip} not recomputable (in_table=0)")
-    for c, (_, tol) in COMPARED.items():
+    for c, tol in tolerances().items():
         print(f"max |diff| {c}: {md[c]:.3g} (tolerance {tol:g})")
     print(f"wrote {out_dir / 'published_correlations_ours.csv'} and .md")
     print("RESULT: all within tolerance" if ok else "RESULT: DIFFERENCES ABOVE TOLERANCE")

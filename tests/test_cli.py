@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import DEEPSSIM_LITE_REL
 
 from iqa_core.cli import main
 
@@ -50,7 +51,8 @@ def test_batch_scores_pairs_and_resumes(tmp_path, example_dir, capsys):
         assert main(["score", str(example_dir / row["ref"]), str(example_dir / row["dist"]), "--json",
                      *ROOT_ARGS]) == 0
         single = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["score"]
-        assert float(row["score"]) == pytest.approx(single, rel=1e-6)
+        # the Lite loss in another reduction order (the batch splits its work its own way): DEEPSSIM_LITE_REL
+        assert float(row["score"]) == pytest.approx(single, rel=DEEPSSIM_LITE_REL)
 
     # A run killed while writing leaves a row cut short: it is not trusted but scored again.
     text = out.read_text()

@@ -6,16 +6,18 @@ import json
 
 import pytest
 import torch
+from conftest import DEEPSSIM_LITE_REL
 
 from deepssim import DeepSSIMLite, gram_block_similarity, gram_matrix
 from iqa_core import IQAInputError, create_metric, load_image, load_map
 from iqa_core.cli import main as cli_main
 from iqa_core.weights import find_weights_file
 
-# Measured against the authors' code (float32, torch 2.14.1, this CPU): DeepSSIM 0 (identical floats) with 1 and 2
-# threads; the DeepSSIM-Lite loss 0 with 2 threads (the reference's setting) but 3.2e-6 with 1, because its global
-# structure term reduces 262,144 near-cancelling products whose float32 order follows the thread split.
+# Measured against the authors' code (float32, torch 2.14.1): DeepSSIM within 1e-6 with 1 and 2 threads (identical
+# floats on the machine that made the reference values). The DeepSSIM-Lite loss depends on the reduction order
+# (conftest.DEEPSSIM_LITE_REL): on an AMD EPYC our 2-thread value is the authors' 1-thread float (measured).
 REL = 1e-6
+LITE_REL = DEEPSSIM_LITE_REL
 PAIRS = ["butterfly_shift050", "kadid_I47_03_05", "kadid_I47_22_02"]
 VGG16 = pytest.mark.weights("vgg16")
 
@@ -35,7 +37,7 @@ def test_deepssim_and_lite_match_authors_code(name, reference_values, example_di
         lite = deepssim_lite_metric(dist, ref)
     assert score.shape == (1,) and lite.shape == (1,)
     assert score.item() == pytest.approx(spec["deepssim"], rel=REL)
-    assert lite.item() == pytest.approx(spec["deepssim_lite_loss"], rel=REL)
+    assert lite.item() == pytest.approx(spec["deepssim_lite_loss"], rel=LITE_REL)
 
 
 @VGG16
@@ -43,8 +45,9 @@ def test_deepssim_and_lite_match_authors_code(name, reference_values, example_di
 @pytest.mark.parametrize("name", PAIRS)
 def test_every_thread_count_gives_the_authors_value_for_it(name, threads, authors_values, example_dir,
                                                           deepssim_metric, deepssim_lite_metric, deepssim_sc_metric):
-    """The authors' float32 DeepSSIM-Lite loss itself moves by 3.2e-6 between 1 and 2 threads; ours follows it:
-    equal to the authors' value at the same thread count (measured: identical floats)."""
+    """The authors' float32 DeepSSIM-Lite loss itself moves by 3.2e-6 between 1 and 2 threads; ours follows it on the
+    machine that made the values (identical floats at the same thread count) and stays within that spread on another
+    CPU, whose matmul kernels split the reduction their own way."""
     spec = authors_values["deepssim"]["pairs"][name]
     dist, ref = load_image(example_dir / spec["dist"]), load_image(example_dir / spec["ref"])
     before = torch.get_num_threads()
@@ -61,7 +64,8 @@ def test_every_thread_count_gives_the_authors_value_for_it(name, threads, author
     finally:
         torch.set_num_threads(before)
     for quantity, value in got.items():
-        assert value == pytest.approx(spec[quantity][f"float32_threads{threads}"], rel=REL), quantity
+        rel = LITE_REL if quantity == "deepssim_lite_loss" else REL
+        assert value == pytest.approx(spec[quantity][f"float32_threads{threads}"], rel=rel), quantity
 
 
 @VGG16

@@ -15,11 +15,21 @@ from iqa_core.backbones import L2Pool
 from iqa_core.cli import main as cli_main
 
 OFFICIAL = [name for name, v in VARIANTS.items() if v.official]
-# Measured against the authors' code with formula weights (float32, torch 2.14.1, 2 threads as the reference):
-# every score identical, every loss within 1.5e-7. With 1 thread the losses move by up to 1.6e-4 (DeepJSD-
-# EfficientNet; the columns' distances are differences of nearly equal float32 sums whose reduction order follows
-# the thread split) while the scores, log(loss + 1) ** 0.25 of the rounded losses, stay identical.
+# Measured against the authors' code with formula weights (float32, torch 2.14.1): every score identical (1 and 2
+# threads, on the machine that made the reference values and on an AMD EPYC). The losses are differences of nearly
+# equal float32 sums whose value follows the reduction order (thread count, CPU kernels): the authors' own losses
+# move by up to 1.6e-4 between 1 and 2 threads, ours matched them within 1.5e-7 on the reference machine and by up
+# to 1.1e-4 on the AMD EPYC. A float32 loss is therefore held to twice the authors' own float32 error against their
+# float64 value (both lie within that error of it; measured: at most 0.86 of the bound); the float64 test pins the
+# computation itself at 1e-12.
 REL = 1e-6
+
+
+def _float32_loss_rel(expected: dict) -> float:
+    """max(REL, 2 x the authors' float32 loss error against their float64 loss, the larger thread count's)."""
+    exact = expected["float64"]
+    error = max(abs(expected[f"float32_threads{t}"] - exact) for t in (1, 2)) / abs(exact)
+    return max(REL, 2 * error)
 
 
 def _reference_key(name: str) -> str:
@@ -36,8 +46,8 @@ def kadid_pairs(reference_values, example_dir):
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("name", OFFICIAL)
 def test_python_api_reproduces_authors_code(name, threads, formula_weights, kadid_pairs, authors_values):
-    """Against the authors' code run with the same thread count (their float32 losses move by up to 1.6e-4 between
-    1 and 2 threads; ours follow: measured within 1.5e-7 at both, every score identical)."""
+    """Against the authors' code run with the same thread count: scores identical, losses within their float32
+    error (see REL above)."""
     state, _ = formula_weights(VARIANTS[name].arch)
     metric = create_metric(name, weights=state)
     before = torch.get_num_threads()
@@ -50,7 +60,8 @@ def test_python_api_reproduces_authors_code(name, threads, formula_weights, kadi
             assert score.shape == (1,) and loss.shape == (1,)
             key = f"float32_threads{threads}"
             assert score.item() == pytest.approx(expected["score"][key], rel=REL), (pair, "score")
-            assert loss.item() == pytest.approx(expected["loss"][key], rel=REL), (pair, "loss")
+            assert loss.item() == pytest.approx(expected["loss"][key], rel=_float32_loss_rel(expected["loss"])), (
+                pair, "loss")
     finally:
         torch.set_num_threads(before)
 
@@ -71,15 +82,17 @@ def test_authors_values_in_the_repository_are_the_shared_reference(reference_val
 
 
 @pytest.mark.parametrize("name", OFFICIAL)
-def test_cli_reproduces_authors_code(name, formula_weights, kadid_pairs, example_dir, capsys, reference_threads):
+def test_cli_reproduces_authors_code(name, formula_weights, kadid_pairs, example_dir, capsys, reference_threads,
+                                    authors_values):
     _, weights_file = formula_weights(VARIANTS[name].arch)
-    for _, _, spec in kadid_pairs.values():
+    for pair, (_, _, spec) in kadid_pairs.items():
         assert cli_main(["score", "--metric", name, "--weights", str(weights_file), str(example_dir / spec["ref"]),
                          str(example_dir / spec["dist"]), "--json"]) == 0
         out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
         expected = spec[_reference_key(name)]
         assert out["score"] == pytest.approx(expected["score"], rel=REL)
-        assert out["loss"] == pytest.approx(expected["loss"], rel=REL)
+        authors = authors_values["distribution_measures"]["pairs"][pair][_reference_key(name)]
+        assert out["loss"] == pytest.approx(expected["loss"], rel=_float32_loss_rel(authors["loss"]))
         assert out["higher_is_better"] is False
 
 

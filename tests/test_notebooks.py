@@ -14,6 +14,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+from conftest import DEEPSSIM_LITE_REL
 from nbclient import NotebookClient
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -46,10 +47,10 @@ def images(nb: nbformat.NotebookNode) -> int:
 def test_deepssim_notebook(reference_values, results_dir):
     nb = run_notebook("deepssim.ipynb")
     scores = last_json(nb)
-    lite_rel = 1e-6 if scores["threads"] == 2 else 5e-6  # the reference's thread count, else the measured drift
     for pair, expected in reference_values["deepssim"]["pairs"].items():
         assert scores[pair]["deepssim"] == pytest.approx(expected["deepssim"], rel=1e-6), pair
-        assert scores[pair]["deepssim_lite_loss"] == pytest.approx(expected["deepssim_lite_loss"], rel=lite_rel), pair
+        assert scores[pair]["deepssim_lite_loss"] == pytest.approx(expected["deepssim_lite_loss"],
+                                                                   rel=DEEPSSIM_LITE_REL), pair
     with_saliency = scores["butterfly_shift050"]["deepssim_with_saliency"]
     assert with_saliency == pytest.approx(reference_values["deepssim"]["pairs"]["butterfly_shift050"][
         "deepssim_with_saliency"], abs=5e-7)  # the reference gives 6 decimals
@@ -63,7 +64,9 @@ def test_distribution_measures_notebook(reference_values, results_dir):
     nb = run_notebook("distribution_measures.ipynb")
     result = last_json(nb)
     assert result["reproduced_max_rel"]["score"] < 1e-6
-    assert result["reproduced_max_rel"]["loss"] < (1e-6 if result["threads"] == 2 else 2e-4)
+    # float32 losses follow the reduction order (threads, CPU): measured 6.6e-5 on an AMD EPYC with 2 threads; the
+    # bound per variant is test_distribution_measures.py's
+    assert result["reproduced_max_rel"]["loss"] < 2e-4
     for name, rows in result["scores"].items():
         blur, quantised = (rows[k]["score"] for k in sorted(rows))
         assert 0 < quantised < blur, name  # every measure ranks the MOS 1.70 image below the MOS 4.39 one

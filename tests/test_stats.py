@@ -18,7 +18,13 @@ from iqa_core.stats import bootstrap_ci, correlations, direction_sign, fit_logis
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "data" / "published"
 RAW_TOL = 1e-10  # srcc, krcc, plcc_raw: deterministic
-LOGISTIC_TOL = 1e-6  # plcc_logistic5: measured <= 3.7e-7; ill-conditioned fits vary in the last ~7 digits
+# plcc_logistic5 of a least-squares fit whose last digits follow numpy's exp (its SIMD path differs by CPU). Rows whose
+# fit is well posed: measured <= 3.7e-7 on an AVX-512 CPU, <= 3.6e-6 on an AVX2 AMD EPYC. Rows flagged
+# logistic5_start_sensitive (other starts find other optima, data/published/README.md §5): the optimum reached moves
+# with those digits, measured <= 1.7e-3 (TID2013 psnr_rot1 on the AMD EPYC); their published betas are checked
+# exactly by test_published_betas_reproduce_published_plcc.
+LOGISTIC_TOL = 1e-5
+START_SENSITIVE_TOL = 5e-3
 
 @pytest.fixture(scope="module")
 def tables() -> dict[str, pd.DataFrame]:
@@ -44,7 +50,7 @@ def _check_logistic(tables, rows: pd.DataFrame) -> None:
         with np.errstate(all="ignore"):
             via_betas = sps.pearsonr(logistic5(x, *c["logistic_params"]), y)[0]
         diff = max(abs(c["plcc_logistic"] - r.plcc_logistic5), abs(via_betas - r.plcc_logistic5))
-        if diff > LOGISTIC_TOL:
+        if diff > (START_SENSITIVE_TOL if r.logistic5_start_sensitive else LOGISTIC_TOL):
             bad.append((r.table, r.dataset, r.subset, r.method, c["plcc_logistic"], via_betas, r.plcc_logistic5))
     assert not bad, bad
 
@@ -71,7 +77,8 @@ def test_published_betas_reproduce_published_plcc(tables, published):
 
 
 def test_published_logistic_every_row(tables, published):
-    """plcc_logistic5 of every in_table row to 1e-6, and our fitted betas evaluate to it (~30 s)."""
+    """plcc_logistic5 of every in_table row (1e-5, start-sensitive fits 5e-3), and our fitted betas evaluate to it
+    (~30 s)."""
     _check_logistic(tables, published)
 
 

@@ -32,7 +32,8 @@ def test_recompute_quick(tmp_path):
     assert len(res) == 36 + 42 and (res.in_table == 1).all()
     for col in ("srcc", "krcc", "plcc_raw"):
         assert res[f"{col}_absdiff"].max() <= 1e-10
-    assert res.plcc_logistic5_absdiff.max() <= 1e-6  # measured <= 3.7e-7 over all 498 rows
+    # measured <= 3.7e-7 over all 498 rows on an AVX-512 CPU, <= 2.5e-6 over these on an AVX2 one (test_stats.py)
+    assert res.plcc_logistic5_absdiff.max() <= 1e-5
     assert np.allclose(res.plcc_published_betas, res.plcc_logistic5_published, atol=1e-12, rtol=0)
     md = (tmp_path / "published_correlations_ours.md").read_text()
     assert "| deepwsd_tip2024 | IVC | all | deepwsd_vgg | 185 | -0.9414 | -0.9414 |" in md
