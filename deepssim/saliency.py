@@ -32,10 +32,13 @@ pair the maps match the authors' 8-bit maps to within one grey level (Pearson CC
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from scipy import ndimage, signal, sparse
+
+if TYPE_CHECKING:  # scipy is imported where GBVS runs: the package's import stays light
+    from scipy import sparse
 
 __all__ = ["gbvs", "saliency_maps", "binarize_saliency", "quantize_8bit"]
 
@@ -175,6 +178,8 @@ def _decimation_matrix(in_len: int) -> sparse.csr_matrix:
         positions = 2 * k - 2 + np.arange(6)
         inside = (positions >= 0) & (positions < in_len)
         matrix[k, positions[inside]] = taps[inside] / taps[inside].sum()
+    from scipy import sparse
+
     return sparse.csr_matrix(matrix)
 
 
@@ -267,6 +272,8 @@ def _convolve_replicate(a: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     """'same'-size 2-D convolution with replicated borders (the package's ``myconv2``)."""
     pr, pc = kernel.shape[0] // 2, kernel.shape[1] // 2
     padded = np.pad(a, ((pr, pr), (pc, pc)), mode="edge")
+    from scipy import signal
+
     return signal.fftconvolve(padded, kernel, mode="valid")
 
 
@@ -397,6 +404,8 @@ def _gaussian_taps(std: float, num_stds: float = BLUR_NUM_STDS) -> np.ndarray:
 def _final_blur(master: np.ndarray) -> np.ndarray:
     """Separable Gaussian blur, stddev ``blurfrac`` times the grid's longer side, replicated borders."""
     taps = _gaussian_taps(max(master.shape) * BLUR_FRAC)
+    from scipy import ndimage
+
     blurred = ndimage.correlate1d(master, taps, axis=0, mode="nearest")
     return ndimage.correlate1d(blurred, taps, axis=1, mode="nearest")
 

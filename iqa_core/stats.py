@@ -22,14 +22,13 @@ as the subjects do". ``plcc_logistic`` needs no orientation: the fitted curve ab
 
 from __future__ import annotations
 
+import importlib
 import math
 import warnings
 from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
-from scipy.optimize import OptimizeWarning, curve_fit
 
 __all__ = ["STATS", "bootstrap_ci", "correlations", "direction_sign", "fit_logistic5", "logistic5", "per_group",
            "spearman"]
@@ -38,6 +37,33 @@ __all__ = ["STATS", "bootstrap_ci", "correlations", "direction_sign", "fit_logis
 STATS = ("srcc", "krcc", "plcc", "plcc_logistic", "rmse")
 
 _MIN_PAIRS = 3
+
+
+class _OnFirstUse:
+    """A module imported when first used: scipy.stats costs most of a second of every process's start-up (the
+    package imports this module), and scoring never needs it."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(importlib.import_module(self._name), attr)
+
+
+stats = _OnFirstUse("scipy.stats")
+
+
+def _optimize_warning() -> type[Warning]:
+    from scipy.optimize import OptimizeWarning
+
+    return OptimizeWarning
+
+
+def curve_fit(*args: Any, **kwargs: Any) -> Any:
+    """``scipy.optimize.curve_fit``, imported on first use."""
+    from scipy.optimize import curve_fit as fit
+
+    return fit(*args, **kwargs)
 _MAXFEV = 100000
 
 
@@ -108,7 +134,7 @@ def fit_logistic5(pred: Any, mos: Any) -> dict[str, Any]:
     except (RuntimeError, ValueError, TypeError) as exc:  # no convergence / improper input
         return {**failed, "message": f"fit failed: {type(exc).__name__}: {exc}"}
     for w in caught:
-        if issubclass(w.category, OptimizeWarning):
+        if issubclass(w.category, _optimize_warning()):
             if "covariance" in str(w.message).lower():
                 notes.append(f"note: {w.message}")
             else:

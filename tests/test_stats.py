@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as sps
+from scipy.optimize import OptimizeWarning
 
 import iqa_core.stats as st
 from iqa_core.published import DDM_TABLE, load_tables, read_published, row_inputs
@@ -123,7 +124,7 @@ def test_failed_fit_nonfinite_and_optimize_warning(monkeypatch):
     assert "non-finite" in fit_logistic5(x, x)["message"]
 
     def warns(*a, **k):
-        warnings.warn("something else went wrong", st.OptimizeWarning, stacklevel=1)
+        warnings.warn("something else went wrong", OptimizeWarning, stacklevel=1)
         return np.array([1.0, 1, 0, 0, 0]), None
 
     monkeypatch.setattr(st, "curve_fit", warns)
@@ -131,7 +132,7 @@ def test_failed_fit_nonfinite_and_optimize_warning(monkeypatch):
     assert not f["ok"] and "OptimizeWarning" in f["message"]
 
     def cov_warns(*a, **k):
-        warnings.warn("Covariance of the parameters could not be estimated", st.OptimizeWarning, stacklevel=1)
+        warnings.warn("Covariance of the parameters could not be estimated", OptimizeWarning, stacklevel=1)
         return np.array([1.0, 1, 0, 0.5, 0]), None
 
     monkeypatch.setattr(st, "curve_fit", cov_warns)
