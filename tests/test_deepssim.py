@@ -15,7 +15,7 @@ from iqa_core.weights import find_weights_file
 
 # Measured against the authors' code (float32, torch 2.14.1): DeepSSIM within 1e-6 with 1 and 2 threads (identical
 # floats on the machine that made the reference values). The DeepSSIM-Lite loss depends on the reduction order
-# (conftest.DEEPSSIM_LITE_REL): on an AMD EPYC our 2-thread value is the authors' 1-thread float (measured).
+# (conftest.DEEPSSIM_LITE_REL): on an AVX2-only AMD EPYC our 2-thread value is the authors' 1-thread float (measured).
 REL = 1e-6
 LITE_REL = DEEPSSIM_LITE_REL
 PAIRS = ["butterfly_shift050", "kadid_I47_03_05", "kadid_I47_22_02"]

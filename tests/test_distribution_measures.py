@@ -16,12 +16,12 @@ from iqa_core.cli import main as cli_main
 
 OFFICIAL = [name for name, v in VARIANTS.items() if v.official]
 # Measured against the authors' code with formula weights (float32, torch 2.14.1): every score identical (1 and 2
-# threads, on the machine that made the reference values and on an AMD EPYC). The losses are differences of nearly
-# equal float32 sums whose value follows the reduction order (thread count, CPU kernels): the authors' own losses
-# move by up to 1.6e-4 between 1 and 2 threads, ours matched them within 1.5e-7 on the reference machine and by up
-# to 1.1e-4 on the AMD EPYC. A float32 loss is therefore held to twice the authors' own float32 error against their
-# float64 value (both lie within that error of it; measured: at most 0.86 of the bound); the float64 test pins the
-# computation itself at 1e-12.
+# threads, on the machine that made the reference values and on an AVX2-only AMD EPYC). The losses are differences
+# of nearly equal float32 sums whose value follows the reduction order (thread count, CPU kernels): the authors' own
+# losses move by up to 1.6e-4 between 1 and 2 threads, ours matched them within 1.5e-7 on the reference machine and
+# by up to 1.1e-4 on the AVX2 one. A float32 loss is therefore held to twice the authors' own float32 error against
+# their float64 value (both lie within that error of it; measured: at most 0.86 of the bound); the float64 test pins
+# the computation itself at 1e-12.
 REL = 1e-6
 
 

@@ -64,8 +64,8 @@ def test_distribution_measures_notebook(reference_values, results_dir):
     nb = run_notebook("distribution_measures.ipynb")
     result = last_json(nb)
     assert result["reproduced_max_rel"]["score"] < 1e-6
-    # float32 losses follow the reduction order (threads, CPU): measured 6.6e-5 on an AMD EPYC with 2 threads; the
-    # bound per variant is test_distribution_measures.py's
+    # float32 losses follow the reduction order (threads, CPU): measured 6.6e-5 on an AVX2-only AMD EPYC with 2
+    # threads; the bound per variant is test_distribution_measures.py's
     assert result["reproduced_max_rel"]["loss"] < 2e-4
     for name, rows in result["scores"].items():
         blur, quantised = (rows[k]["score"] for k in sorted(rows))
