@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,11 +171,6 @@ def large_image_table(sizes: list[tuple[int, int]], tile: int, device: torch.dev
 
 # ------------------------------------------------------------------------------------------------ dataset mode
 
-#: The authors' own code and our per-pair loop, side by side on this project's 2-core CPU (issue 16's measurement; their
-#: code is not part of the repository and is not re-run here): ms per pair. The engine's speed-up over the authors' code
-#: is estimated as its speed-up over our loop, measured now, times the ratio of the two measured then.
-AUTHORS_MS_PER_PAIR = {"deepssim": 1017.0, "deepwsd-vgg": 1250.0}
-LOOP_MS_PER_PAIR = {"deepssim": 960.0, "deepwsd-vgg": 430.0}
 DATASET_DISTORTIONS = ("gaussian_blur", "gaussian_noise", "jpeg", "contrast_change")
 PRECISIONS_CPU = "fp32,fp64,tf32,bf16"  # fp16: this CPU has no fp16 convolutions (minutes per 512x384 image)
 PRECISIONS_GPU = "fp32,fp64,tf32,bf16,fp16"
@@ -348,9 +344,8 @@ def dataset_rows(name: str, pairs: Path, args: argparse.Namespace, given_weights
                         "max_rel_diff_vs_fp32": max(abs(scores[k] - reference[k]) / max(abs(reference[k]), 1e-12)
                                                     for k in reference),
                         "srcc": srcc, "srcc_change": srcc - _oriented_srcc(reference, levels, higher)})
-            if name in AUTHORS_MS_PER_PAIR and run.precision == "fp32":
-                then = AUTHORS_MS_PER_PAIR[name] / LOOP_MS_PER_PAIR[name]
-                row["speedup_vs_authors_est"] = row["speedup_vs_loop"] * then
+            if name in args.authors_seconds:  # the authors' code on the same set, timed beside this run
+                row["speedup_vs_authors"] = args.authors_seconds[name] / wall
         rows.append(row)
         print("  ".join(f"{k}={_fmt(v)}" for k, v in row.items()), flush=True)
     return rows
@@ -381,7 +376,7 @@ def write_table(rows: list[dict], stem: Path, header: str, fmt=None) -> None:
 def dataset_benchmark(args: argparse.Namespace) -> int:
     refs, dists = (int(v) for v in args.dataset.split(","))
     w, h = (int(v) for v in args.size.lower().split("x"))
-    given = dict(item.split("=", 1) for item in args.weights)
+    given = args.weights
     pairs = make_rated_set(Path(args.out) / f"dataset_{refs}x{dists}_{w}x{h}", refs, dists, (h, w))
     device = torch.device(args.device)
     if args.precisions is None:
@@ -399,6 +394,21 @@ def dataset_benchmark(args: argparse.Namespace) -> int:
 
 def _fmt(value: object) -> str:
     return f"{value:.1f}" if isinstance(value, float) else str(value)
+
+
+def _metric_values(items: list[str], option: str, convert: Callable[[str], object]) -> dict[str, object]:
+    """``METRIC=VALUE`` items -> {metric: converted value}; a malformed item is a ValueError naming the option."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            if not (sep and name and value):
+                raise ValueError
+            out[name] = convert(value)
+        except ValueError:
+            raise ValueError(f"{option} {item!r}: expected METRIC=VALUE, e.g. {option} deepwsd-vgg="
+                             f"{'83.1' if convert is float else 'vgg19.pth'}") from None
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -429,9 +439,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="dataset mode: the engine's --workers")
     parser.add_argument("--weights", action="append", default=[], metavar="METRIC=FILE",
                         help="dataset mode: a weights file for a metric (default: resolved, else random)")
+    parser.add_argument("--authors-seconds", action="append", default=[], metavar="METRIC=SECONDS",
+                        help="dataset mode: wall seconds of the authors' code on the same set, timed beside this run "
+                        "(their code is not in the repository); adds speedup_vs_authors")
     parser.add_argument("--_pair-loop", help=argparse.SUPPRESS)
     parser.add_argument("--_weights", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    try:
+        args.weights = _metric_values(args.weights, "--weights", str)
+        args.authors_seconds = _metric_values(args.authors_seconds, "--authors-seconds", float)
+    except ValueError as err:
+        parser.error(str(err))
     if args._pair_loop:
         pair_loop(Path(args._pair_loop), args.metrics, args._weights, args.device)
         return 0
